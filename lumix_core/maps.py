@@ -1,0 +1,57 @@
+"""The five LumiX maps: their order, names and roles, stated once for the whole project.
+
+Inside every batch the maps of one scene sit next to each other, map index fastest:
+batch index = scene * MAP_COUNT + map index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    index: int
+    checkpoint_name: str  # the name the released checkpoint and reference code use
+    name: str  # the name shown to users (node sockets, file names)
+    meaning: str
+
+
+MAPS: tuple[MapSpec, ...] = (
+    MapSpec(0, "diffuse_reflectance", "albedo", "diffuse base colour, no lighting"),
+    MapSpec(1, "diffuse_illumination", "irradiance", "diffuse light arriving at each pixel"),
+    MapSpec(2, "color", "color", "the final rendered image"),
+    MapSpec(3, "depth", "depth", "distance, encoded as an RGB image by the VAE"),
+    MapSpec(4, "normal", "normal", "surface normals, encoded as an RGB image"),
+)
+
+MAP_COUNT = len(MAPS)
+MAP_NAMES: tuple[str, ...] = tuple(m.name for m in MAPS)
+CHECKPOINT_MAP_NAMES: tuple[str, ...] = tuple(m.checkpoint_name for m in MAPS)
+# The map whose query every map of a scene shares under query-broadcast attention.
+SOURCE_MAP = "color"
+SOURCE_MAP_INDEX = MAP_NAMES.index(SOURCE_MAP)
+
+
+def map_index(name: str) -> int:
+    """Index of a map given its display name or its checkpoint name."""
+    for spec in MAPS:
+        if name in (spec.name, spec.checkpoint_name):
+            return spec.index
+    raise ValueError(
+        f"unknown map {name!r}: expected one of {', '.join(MAP_NAMES)} "
+        f"(or the checkpoint names {', '.join(CHECKPOINT_MAP_NAMES)})"
+    )
+
+
+def check_grouped_batch(batch_size: int, maps_per_scene: int, what: str = "batch") -> int:
+    """Number of scenes in a batch of grouped maps; a clear error when it does not divide."""
+    if maps_per_scene < 1:
+        raise ValueError(f"maps_per_scene must be at least 1, got {maps_per_scene}")
+    if batch_size % maps_per_scene != 0:
+        raise ValueError(
+            f"LumiX expects the {what} to hold whole scenes of {maps_per_scene} maps "
+            f"(map index fastest), but it has {batch_size} entries, which is not a multiple "
+            f"of {maps_per_scene}. Use the LumiX Intrinsic Sampler, or a batch of "
+            f"{maps_per_scene} latents per scene."
+        )
+    return batch_size // maps_per_scene
