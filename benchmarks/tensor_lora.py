@@ -50,7 +50,7 @@ def run_impl(impl, lora, x):
     with torch.no_grad():
         if impl == "ours":
             return lora(x)
-        return reference_delta(x, lora.G1, lora.G2, lora.G3, lora.scale)
+        return reference_delta(x, lora.G1, lora.G2, lora.G3, lora.scale())
 
 
 def _sync(device):

@@ -8,6 +8,7 @@ with no adapters and query broadcast off the result is bit-identical to it. Lumi
 * query broadcast: inside each group of M maps, the query of the source map replaces every query;
 * a Tensor-LoRA delta on the attention (double) or linear2 (single) output, before the gate.
 
+`lora_strength` (None: each adapter's own `strength`) scales both adapters for this call.
 `attention(q, k, v, pe, mask)` is supplied by the caller ([B, H, L, D] in, [B, L, H*D] out, RoPE
 applied inside) so that the host's attention backends and masks keep working.
 """
@@ -46,8 +47,8 @@ def _split_heads(t: Tensor, num_heads: int) -> Tensor:
     return t.view(t.shape[0], t.shape[1], num_heads, -1).transpose(1, 2)
 
 
-def _add_kv_delta(k: Tensor, v: Tensor, kv_lora: TensorLoRA, modulated: Tensor, num_heads: int):
-    delta_k, delta_v = kv_lora(modulated).chunk(2, dim=-1)
+def _add_kv_delta(k: Tensor, v: Tensor, kv_lora: TensorLoRA, modulated: Tensor, num_heads: int, strength):
+    delta_k, delta_v = kv_lora(modulated, strength).chunk(2, dim=-1)
     return k + _split_heads(delta_k, num_heads).to(k.dtype), v + _split_heads(delta_v, num_heads).to(v.dtype)
 
 
@@ -70,6 +71,7 @@ def double_block_forward(
     kv_lora: Optional[TensorLoRA] = None,
     proj_lora: Optional[TensorLoRA] = None,
     attn_mask: Optional[Tensor] = None,
+    lora_strength: Optional[float] = None,
 ) -> tuple[Tensor, Tensor]:
     """FLUX double-stream block; returns (img, txt). Only the image stream is touched by LumiX."""
     _check_grouping(img.shape[0], maps_per_scene, query_broadcast, kv_lora, proj_lora)
@@ -82,7 +84,7 @@ def double_block_forward(
     img_q, img_k, img_v = img_qkv.view(img_qkv.shape[0], img_qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
     img_q, img_k = block.img_attn.norm(img_q, img_k, img_v)
     if kv_lora is not None:
-        img_k, img_v = _add_kv_delta(img_k, img_v, kv_lora, img_modulated, heads)
+        img_k, img_v = _add_kv_delta(img_k, img_v, kv_lora, img_modulated, heads, lora_strength)
     if query_broadcast:
         img_q = broadcast_source_query(img_q, maps_per_scene, source_map)
 
@@ -97,7 +99,7 @@ def double_block_forward(
 
     img_out = block.img_attn.proj(img_attn)
     if proj_lora is not None:
-        img_out = img_out + proj_lora(img_out)
+        img_out = img_out + proj_lora(img_out, lora_strength)
     img = img + img_out * img_mod1.gate
     img = img + block.img_mlp(_modulate(block.img_norm2(img), img_mod2)) * img_mod2.gate
 
@@ -121,6 +123,7 @@ def single_block_forward(
     kv_lora: Optional[TensorLoRA] = None,
     proj_lora: Optional[TensorLoRA] = None,
     attn_mask: Optional[Tensor] = None,
+    lora_strength: Optional[float] = None,
 ) -> Tensor:
     """FLUX single-stream block over the joint [text, image] sequence; every token takes part."""
     _check_grouping(x.shape[0], maps_per_scene, query_broadcast, kv_lora, proj_lora)
@@ -131,14 +134,14 @@ def single_block_forward(
     q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k = block.norm(q, k, v)
     if kv_lora is not None:
-        k, v = _add_kv_delta(k, v, kv_lora, modulated, heads)
+        k, v = _add_kv_delta(k, v, kv_lora, modulated, heads, lora_strength)
     if query_broadcast:
         q = broadcast_source_query(q, maps_per_scene, source_map)
 
     attn = attention(q, k, v, pe, attn_mask)
     output = block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
     if proj_lora is not None:
-        output = output + proj_lora(output)
+        output = output + proj_lora(output, lora_strength)
     x = x + output * mod.gate
     if x.dtype == torch.float16:
         x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)

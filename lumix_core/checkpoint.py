@@ -92,6 +92,11 @@ class LumiXCheckpoint:
                 getattr(module, name).copy_(getattr(factors, name))
         return module.requires_grad_(False)
 
+    def build_adapters(self, dtype=None, device=None) -> dict[BlockKey, dict[str, TensorLoRA]]:
+        """Every adapter of the checkpoint as frozen TensorLoRA modules, keyed like `adapters`."""
+        return {block: {name: self.build_adapter(block, name, dtype, device) for name in factors}
+                for block, factors in self.adapters.items()}
+
     def validate_for_model(self, hidden_size: int, double_blocks: int, single_blocks: int) -> None:
         """Refuse a checkpoint that does not fit a model of these sizes, naming the first bad key."""
         if self.hidden_size != hidden_size:

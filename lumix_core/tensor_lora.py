@@ -53,22 +53,26 @@ class TensorLoRA(nn.Module):
             nn.init.normal_(self.G2, std=1.0 / math.sqrt(self.in_features))
             nn.init.zeros_(self.G3)
 
-    @property
-    def scale(self) -> float:
-        """alpha / sqrt(R) times the user's strength."""
-        return self.alpha / math.sqrt(self.rank) * self.strength
+    def scale(self, strength: float | None = None) -> float:
+        """alpha / sqrt(R) times the strength (the module's own unless one is given)."""
+        return self.alpha / math.sqrt(self.rank) * (self.strength if strength is None else strength)
 
-    def merged_input_weight(self, dtype: torch.dtype) -> torch.Tensor:
+    def merged_input_weight(self, dtype: torch.dtype, strength: float | None = None) -> torch.Tensor:
         """[M_in, d_in, M_out * R]: G1 folded into G2, with the scale, in `dtype`.
 
         Merged in float32 (or float64) whatever the compute dtype, so that bf16/fp16 inference
         rounds once instead of twice.
         """
         acc = torch.float64 if self.G2.dtype == torch.float64 else torch.float32
-        w = torch.einsum("ijq,iurq->juir", self.G1.to(acc), self.G2.to(acc)) * self.scale
+        w = torch.einsum("ijq,iurq->juir", self.G1.to(acc), self.G2.to(acc)) * self.scale(strength)
         return w.reshape(self.num_maps, self.in_features, self.num_maps * self.rank).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, strength: float | None = None) -> torch.Tensor:
+        """Delta for x [k*M, L, d_in] -> [k*M, L, d_out] in x's dtype and device.
+
+        `strength` overrides the module's own for this call, so that model copies sharing one
+        loaded adapter can each use their own strength.
+        """
         if x.ndim != 3 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"TensorLoRA expects [batch, tokens, {self.in_features}] input, got {tuple(x.shape)}"
@@ -76,7 +80,7 @@ class TensorLoRA(nn.Module):
         batch, tokens, _ = x.shape
         M, R = self.num_maps, self.rank
         scenes = check_grouped_batch(batch, M, "Tensor LoRA input batch")
-        weight = self.merged_input_weight(x.dtype).to(x.device)
+        weight = self.merged_input_weight(x.dtype, strength).to(x.device)
         # [k, M_in, L, d_in] @ [M_in, d_in, M_out*R] then a sum over the input map: the same
         # contraction as [L, M*d_in] x [M*d_in, M*R] without copying x into that layout.
         hidden = torch.matmul(x.view(scenes, M, tokens, self.in_features), weight).sum(dim=1)

@@ -177,3 +177,14 @@ def test_low_precision_runs_close_to_float32(dtype):
                                    maps_per_scene=M, kv_lora=kv)[0]
     assert got.dtype == dtype
     assert (got.float() - ref).abs().max() / ref.abs().max() < 0.05
+
+
+def test_lora_strength_scales_both_adapters():
+    dbl, _ = blocks(torch.float64)
+    img, txt, vec, pe = inputs(1, torch.float64)
+    kv_f, proj_f = random_factors(M, HIDDEN, 2 * HIDDEN, 2, 50), random_factors(M, HIDDEN, HIDDEN, 2, 51)
+    with torch.no_grad():
+        got = double_block_forward(dbl, img, txt, vec, pe, rope_attention, maps_per_scene=M,
+                                   kv_lora=lora_from(kv_f), proj_lora=lora_from(proj_f), lora_strength=0.3)[0]
+        ref = dbl(img, txt, vec, pe, hooks=LumiXHooks(M, 2, HEADS, kv_f, proj_f, 0.3 / 2 ** 0.5))[0]
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)

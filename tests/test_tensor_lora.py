@@ -129,3 +129,11 @@ def test_never_allocates_the_pairwise_map_tensor(monkeypatch):
         lora(x)
     assert sizes and max(sizes) <= M * L * d_out
     assert M * M * L * d_out not in sizes
+
+
+def test_strength_argument_overrides_the_attribute_for_one_call():
+    lora = make_lora(5, 6, 6, 2, seed=8)
+    x = torch.randn(5, 3, 6, dtype=torch.float64)
+    full = lora(x)
+    torch.testing.assert_close(lora(x, -0.5), -0.5 * full, rtol=1e-12, atol=1e-12)
+    assert lora.strength == 1.0 and torch.equal(lora(x), full)
