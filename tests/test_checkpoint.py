@@ -8,22 +8,9 @@ from safetensors.torch import load_file, save_file
 
 from lumix_core import CheckpointError, TensorLoRA, checkpoint_from_state_dict, load_checkpoint, save_checkpoint
 from lumix_core.maps import CHECKPOINT_MAP_NAMES
+from tiny_flux import official_state_dict
 
 HIDDEN, M, R, DOUBLE, SINGLE = 16, 5, 3, 2, 3
-
-
-def official_state_dict(hidden=HIDDEN, M=M, R=R, double=DOUBLE, single=SINGLE, prefix="", seed=0):
-    """Tensors in the released key layout, written here independently of lumix_core."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for kind, n in (("double_blocks", double), ("single_blocks", single)):
-        for i in range(n):
-            for adapter, d_out in (("kv_tt_lora", 2 * hidden), ("proj_tt_lora", hidden)):
-                stem = f"{prefix}{kind}.{i}.processor.{adapter}"
-                sd[f"{stem}.G1"] = torch.randn(M, M, R, generator=g)
-                sd[f"{stem}.G2"] = torch.randn(M, hidden, R, R, generator=g)
-                sd[f"{stem}.G3"] = torch.randn(M, d_out, R, generator=g)
-    return sd
 
 
 def write(tmp_path, sd, name="lumix.safetensors", metadata=None):

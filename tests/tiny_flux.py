@@ -194,3 +194,17 @@ def random_factors(M, d_in, d_out, R, seed, dtype=torch.float64):
     return (torch.randn(M, M, R, generator=g, dtype=dtype),
             torch.randn(M, d_in, R, R, generator=g, dtype=dtype) / math.sqrt(d_in),
             torch.randn(M, d_out, R, generator=g, dtype=dtype) * 0.5)
+
+
+def official_state_dict(hidden=16, M=5, R=3, double=2, single=3, prefix="", seed=0, scale=1.0):
+    """Tensors in the released key layout, written here independently of lumix_core."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for kind, n in (("double_blocks", double), ("single_blocks", single)):
+        for i in range(n):
+            for adapter, d_out in (("kv_tt_lora", 2 * hidden), ("proj_tt_lora", hidden)):
+                stem = f"{prefix}{kind}.{i}.processor.{adapter}"
+                sd[f"{stem}.G1"] = torch.randn(M, M, R, generator=g) * scale
+                sd[f"{stem}.G2"] = torch.randn(M, hidden, R, R, generator=g) * scale
+                sd[f"{stem}.G3"] = torch.randn(M, d_out, R, generator=g) * scale
+    return sd

@@ -1,0 +1,19 @@
+"""The LumiX ComfyExtension: every node this package offers."""
+from __future__ import annotations
+
+from typing_extensions import override
+
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from .model_nodes import LumiXQueryBroadcast, LumiXTensorLoRALoader, register_model_folder
+
+
+class LumiXExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [LumiXQueryBroadcast, LumiXTensorLoRALoader]
+
+
+async def comfy_entrypoint() -> LumiXExtension:
+    register_model_folder()
+    return LumiXExtension()

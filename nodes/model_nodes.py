@@ -1,0 +1,142 @@
+"""The two nodes that turn a FLUX MODEL into a LumiX model."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+from comfy_api.v0_0_2 import io
+
+from ..lumix_core import MAP_NAMES, SOURCE_MAP, CheckpointError, load_checkpoint, map_index
+from .flux_model import NotFluxError, block_counts, flux_diffusion_model
+from .patch import apply_lumix, lumix_settings
+
+LUMIX_FOLDER = "lumix"
+CHECKPOINT_EXTENSIONS = {".safetensors", ".sft"}
+CATEGORY = "LumiX"
+
+
+def register_model_folder() -> None:
+    """ComfyUI/models/lumix/ (plus any 'lumix:' entry of extra_model_paths.yaml)."""
+    folder_paths.add_model_folder_path(LUMIX_FOLDER, os.path.join(folder_paths.models_dir, LUMIX_FOLDER))
+    paths, extensions = folder_paths.folder_names_and_paths[LUMIX_FOLDER]
+    folder_paths.folder_names_and_paths[LUMIX_FOLDER] = (paths, set(extensions) | CHECKPOINT_EXTENSIONS)
+
+
+def checkpoint_choices() -> list[str]:
+    names = set(folder_paths.get_filename_list(LUMIX_FOLDER))
+    names |= {n for n in folder_paths.get_filename_list("loras")
+              if os.path.splitext(n)[1].lower() in CHECKPOINT_EXTENSIONS}
+    return sorted(names)
+
+
+def checkpoint_path(name: str) -> str:
+    path = folder_paths.get_full_path(LUMIX_FOLDER, name) or folder_paths.get_full_path("loras", name)
+    if path is None:
+        raise FileNotFoundError(f"LumiX checkpoint {name!r} is not in ComfyUI/models/lumix/ nor models/loras/: "
+                                "put lumix.safetensors there and refresh the page.")
+    return path
+
+
+class _CheckpointCache:
+    """The last checkpoint read, so changing strength does not re-read 500 MB from disk."""
+
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def get(self, path):
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+        if key != self.key:
+            checkpoint = load_checkpoint(path)
+            self.key, self.value = None, None  # never keep a half-built entry
+            self.value = (checkpoint, checkpoint.build_adapters())
+            self.key = key
+        return self.value
+
+
+_CACHE = _CheckpointCache()
+
+
+def _user_error(exc: Exception) -> ValueError:
+    return ValueError(f"LumiX: {exc}")
+
+
+class LumiXQueryBroadcast(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXQueryBroadcast",
+            display_name="LumiX Query-Broadcast Attention",
+            category=CATEGORY,
+            description="Makes every map of a scene attend with the query of one source map, as LumiX was "
+                        "trained. The LumiX Tensor LoRA Loader already turns this on; use this node to change "
+                        "the source map or group size, or to try query broadcast without the adapters.",
+            inputs=[
+                io.Model.Input("model", tooltip="A FLUX.1-dev model (Load Diffusion Model), or one already patched by LumiX."),
+                io.Combo.Input("source_map", options=list(MAP_NAMES), default=SOURCE_MAP,
+                               tooltip="The map whose query every map of the scene shares. LumiX was trained with color."),
+                io.Int.Input("maps_per_scene", default=len(MAP_NAMES), min=1, max=16,
+                             tooltip="Maps per scene in every batch (map index fastest). 5 for the released checkpoint."),
+            ],
+            outputs=[io.Model.Output(tooltip="A patched copy; the input model is left as it was.")],
+        )
+
+    @classmethod
+    def execute(cls, model, source_map, maps_per_scene) -> io.NodeOutput:
+        index = map_index(source_map)
+        if index >= maps_per_scene:
+            raise ValueError(f"LumiX: source map {source_map} (index {index}) does not exist with "
+                             f"{maps_per_scene} maps per scene; raise maps_per_scene or pick another source.")
+        current = lumix_settings(model)
+        if current is not None and current.adapter_maps not in (None, maps_per_scene):
+            raise ValueError(f"LumiX: the loaded Tensor LoRA mixes {current.adapter_maps} maps per scene; "
+                             f"set maps_per_scene to {current.adapter_maps}.")
+        try:
+            patched = apply_lumix(model, query_broadcast=True, source_map=index, maps_per_scene=maps_per_scene)
+        except NotFluxError as exc:
+            raise _user_error(exc) from None
+        return io.NodeOutput(patched)
+
+
+class LumiXTensorLoRALoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXTensorLoRALoader",
+            display_name="LumiX Tensor LoRA Loader",
+            category=CATEGORY,
+            description="Loads the LumiX Tensor LoRA (lumix.safetensors) onto a FLUX.1-dev model. With "
+                        "query_broadcast on (the default) this one node is all the released checkpoint needs.",
+            inputs=[
+                io.Model.Input("model", tooltip="A FLUX.1-dev model (Load Diffusion Model)."),
+                io.Combo.Input("lumix_name", options=checkpoint_choices(),
+                               tooltip="A LumiX checkpoint from ComfyUI/models/lumix/ (or models/loras/)."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="Scales both adapters of every block. 1.0 is the paper's model; 0 turns them off."),
+                io.Boolean.Input("query_broadcast", default=True,
+                                 tooltip="Share the color map's query across the maps of a scene, as LumiX was "
+                                         "trained. Leave on for the released checkpoint."),
+            ],
+            outputs=[io.Model.Output(tooltip="A patched copy; the input model is left as it was.")],
+        )
+
+    @classmethod
+    def execute(cls, model, lumix_name, strength, query_broadcast) -> io.NodeOutput:
+        try:
+            diffusion_model = flux_diffusion_model(model)
+            checkpoint, adapters = _CACHE.get(checkpoint_path(lumix_name))
+            checkpoint.validate_for_model(diffusion_model.hidden_size, *block_counts(diffusion_model))
+        except (NotFluxError, CheckpointError, FileNotFoundError) as exc:
+            raise _user_error(exc) from None
+        current = lumix_settings(model)
+        if current is not None and current.query_broadcast and current.maps_per_scene != checkpoint.num_maps:
+            raise ValueError(
+                f"LumiX: {lumix_name} was trained for {checkpoint.num_maps} maps per scene, but the "
+                f"Query-Broadcast node before it set {current.maps_per_scene}; set it to {checkpoint.num_maps}.")
+        changes = dict(adapters=adapters, strength=float(strength), checkpoint_name=lumix_name,
+                       maps_per_scene=checkpoint.num_maps)
+        if query_broadcast:
+            changes["query_broadcast"] = True
+        elif current is None or not current.query_broadcast:
+            changes["query_broadcast"] = False
+        return io.NodeOutput(apply_lumix(model, **changes))
