@@ -6,12 +6,13 @@ from typing_extensions import override
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .model_nodes import LumiXQueryBroadcast, LumiXTensorLoRALoader, register_model_folder
+from .sampler_node import LumiXSampler
 
 
 class LumiXExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LumiXQueryBroadcast, LumiXTensorLoRALoader]
+        return [LumiXQueryBroadcast, LumiXTensorLoRALoader, LumiXSampler]
 
 
 async def comfy_entrypoint() -> LumiXExtension:

@@ -80,3 +80,32 @@ def run_model(patcher, inputs):
 
 def comfy_attention(options):
     return lambda q, k, v, pe, mask: flux_math.attention(q, k, v, pe=pe, mask=mask, transformer_options=options)
+
+
+class TinyVAE:
+    """A small deterministic VAE with ComfyUI's VAE interface (encode/decode of IMAGE batches):
+    each 8x8 RGB patch <-> 16 latent channels through a fixed random projection and its
+    pseudo-inverse. The FLUX VAE itself is not downloadable here."""
+
+    def __init__(self, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.down = torch.randn(16, 3 * 64, generator=g) / 8.0
+        self.up = torch.linalg.pinv(self.down)
+
+    def encode(self, pixels):
+        b, h, w, _ = pixels.shape
+        patches = pixels[..., :3].movedim(-1, 1).unfold(2, 8, 8).unfold(3, 8, 8)  # b,3,h/8,w/8,8,8
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, h // 8, w // 8, 192)
+        return (patches.float() @ self.down.T).permute(0, 3, 1, 2).contiguous()
+
+    def decode(self, latent):
+        b, _, h8, w8 = latent.shape
+        patches = (latent.float().permute(0, 2, 3, 1) @ self.up.T).reshape(b, h8, w8, 3, 8, 8)
+        return patches.permute(0, 1, 4, 2, 5, 3).reshape(b, h8 * 8, w8 * 8, 3)
+
+
+def conditioning(seed, tokens=4, guidance=3.5):
+    """A CONDITIONING as CLIPTextEncode + FluxGuidance would give for the tiny model."""
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, CONTEXT, generator=g),
+             {"pooled_output": torch.randn(1, VEC, generator=g), "guidance": guidance}]]
