@@ -5,13 +5,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import comfy.model_management
-import comfy.patcher_extension
-import comfy.utils
 from comfy_host import (HIDDEN, DOUBLE, SINGLE, TinyVAE, conditioning, folder_paths, load_extension,
-                        tiny_flux)
-from lumix_core import MAP_NAMES
-from tiny_flux import official_state_dict
+                        tiny_flux)  # first: skips this module where there is no ComfyUI
+
+import comfy.model_management  # noqa: E402
+import comfy.patcher_extension  # noqa: E402
+import comfy.utils  # noqa: E402
+from lumix_core import MAP_NAMES  # noqa: E402
+from tiny_flux import official_state_dict  # noqa: E402
 
 NODES = load_extension()
 Sampler = NODES["LumiXSampler"]
