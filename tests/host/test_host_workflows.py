@@ -1,0 +1,198 @@
+"""The shipped workflows and the headless client against a real ComfyUI."""
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfy_host import COMFYUI, DOUBLE, HIDDEN, REPO, SINGLE, comfy_nodes, folder_paths, load_extension
+from tiny_flux import official_state_dict
+from workflow_files import FRONTEND_ONLY_TYPES, api_twin, load, ui_files, ui_widget_values
+
+import execution  # noqa: E402  (ComfyUI's)
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+@pytest.fixture(scope="module")
+def all_nodes():
+    asyncio.run(comfy_nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    return load_extension()
+
+
+def widget_names(node_class):
+    """Widget inputs of a node in ComfyUI's order, from the node info /object_info serves."""
+    if hasattr(node_class, "GET_NODE_INFO_V1"):
+        info = node_class.GET_NODE_INFO_V1()
+        inputs, order = info["input"], info["input_order"]
+    else:
+        inputs = node_class.INPUT_TYPES()
+        order = {k: list(v) for k, v in inputs.items()}
+    names = []
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            spec = inputs[section][name]
+            if isinstance(spec[0], list) or spec[0] in WIDGET_TYPES:
+                names.append(name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def placeholder_models(tmp_path_factory, all_nodes):
+    """Empty files standing in for the model files, in a temporary models folder."""
+    root = tmp_path_factory.mktemp("models")
+    for folder, name in (("diffusion_models", "flux1-dev.safetensors"), ("text_encoders", "clip_l.safetensors"),
+                         ("text_encoders", "t5xxl_fp16.safetensors"), ("vae", "ae.safetensors"),
+                         ("lumix", "lumix.safetensors")):
+        (root / folder).mkdir(exist_ok=True)
+        (root / folder / name).write_bytes(b"")
+        folder_paths.add_model_folder_path(folder, str(root / folder))
+    inputs = tmp_path_factory.mktemp("input")
+    from PIL import Image
+    Image.new("RGB", (32, 32), (200, 100, 50)).save(inputs / "example.png")
+    folder_paths.set_input_directory(str(inputs))
+    return root
+
+
+@pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
+def test_comfyui_validates_the_api_workflow(placeholder_models, ui_path):
+    prompt = load(api_twin(ui_path))
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
+    assert valid, f"{error} {json.dumps(node_errors)[:2000]}"
+    saves = {k for k, v in prompt.items() if v["class_type"] == "SaveImage"}
+    assert set(outputs) == saves
+
+
+@pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
+def test_ui_workflow_types_known_and_widgets_match_the_api_twin(all_nodes, ui_path):
+    ui, api = load(ui_path), load(api_twin(ui_path))
+    for node in ui["nodes"]:
+        if node["type"] in FRONTEND_ONLY_TYPES:
+            continue
+        assert node["type"] in all_nodes, f"ComfyUI {node['type']} is unknown to this ComfyUI"
+        widgets = ui_widget_values(node, widget_names(all_nodes[node["type"]]))
+        for name, value in widgets.items():
+            assert api[str(node["id"])]["inputs"][name] == value
+
+
+# ---- a real server on loopback ------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    os.symlink(REPO, base / "custom_nodes" / "comfyui-lumix")
+    os.symlink(REPO / "tests" / "host" / "server_fixture" / "lumix_test_fixtures", base / "custom_nodes" / "lumix_test_fixtures")
+    (base / "models" / "lumix").mkdir(parents=True)
+    save_file(official_state_dict(hidden=HIDDEN, R=4, double=DOUBLE, single=SINGLE, scale=0.5),
+              str(base / "models" / "lumix" / "tiny_lumix.safetensors"))
+    port = free_port()
+    cmd = [sys.executable, str(COMFYUI / "main.py"), "--base-directory", str(base), "--listen", "127.0.0.1",
+           "--port", str(port), "--disable-auto-launch"]
+    if not torch.cuda.is_available():
+        cmd.append("--cpu")
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen(cmd, cwd=str(COMFYUI), stdout=log, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"http://{address}/system_stats", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"ComfyUI did not start: {(base / 'server.log').read_text()[-3000:]}")
+            time.sleep(1)
+    yield {"address": address, "base": base}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def tiny_workflow(path, tmp_path):
+    """The shipped API workflow with the fixture nodes in place of the model files."""
+    wf = load(path)
+    replace = {"UNETLoader": "LumiXTestTinyFlux", "DualCLIPLoader": "LumiXTestTinyCLIP", "VAELoader": "LumiXTestTinyVAE"}
+    for node in wf.values():
+        if node["class_type"] in replace:
+            node["class_type"], node["inputs"] = replace[node["class_type"]], {}
+        if node["class_type"] == "LumiXTensorLoRALoader":
+            node["inputs"]["lumix_name"] = "tiny_lumix.safetensors"
+    out = tmp_path / path.name
+    out.write_text(json.dumps(wf))
+    return out
+
+
+def run_client(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "lumix_client.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_object_info_lists_the_lumix_nodes(server):
+    info = json.loads(urllib.request.urlopen(f"http://{server['address']}/object_info").read())
+    for key, name in (("LumiXTensorLoRALoader", "LumiX Tensor LoRA Loader"),
+                      ("LumiXQueryBroadcast", "LumiX Query-Broadcast Attention"),
+                      ("LumiXSampler", "LumiX Intrinsic Sampler")):
+        assert info[key]["display_name"] == name
+    assert "tiny_lumix.safetensors" in info["LumiXTensorLoRALoader"]["input"]["required"]["lumix_name"][1]["options"]
+
+
+def test_client_text_job_on_a_real_server(server, tmp_path):
+    from PIL import Image
+    wf = tiny_workflow(REPO / "workflows" / "lumix_text_to_intrinsic_api.json", tmp_path)
+    result = run_client("--prompt", "a tiny test room", "--seed", "3", "--width", "64", "--height", "64",
+                        "--steps", "2", "--server", server["address"], "--workflow", str(wf), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr + (server["base"] / "server.log").read_text()[-3000:]
+    folder = tmp_path / "out" / "000_s0_seed3"
+    assert result.stdout.split() == [str(folder)]
+    assert sorted(p.name for p in folder.iterdir()) == ["albedo.png", "color.png", "depth.png", "irradiance.png", "normal.png"]
+    for p in folder.iterdir():
+        assert Image.open(p).size == (64, 64)
+    assert "step 2/2" in result.stderr  # progress came over the websocket
+
+
+def test_client_photo_job_on_a_real_server(server, tmp_path):
+    from PIL import Image
+    photo = tmp_path / "room.png"
+    Image.new("RGB", (80, 64), (30, 120, 200)).save(photo)
+    wf = tiny_workflow(REPO / "workflows" / "lumix_photo_decomposition_api.json", tmp_path)
+    result = run_client("--photo", str(photo), "--prompt", "a blue room", "--width", "64", "--height", "64",
+                        "--steps", "2", "--server", server["address"], "--workflow", str(wf), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr + (server["base"] / "server.log").read_text()[-3000:]
+    folder = tmp_path / "out" / "000_s0_seed42"
+    assert sorted(p.name for p in folder.iterdir()) == ["albedo.png", "color.png", "depth.png", "irradiance.png", "normal.png"]
+
+
+def test_client_reports_a_missing_model_file(server, tmp_path):
+    wf = load(REPO / "workflows" / "lumix_text_to_intrinsic_api.json")  # real model names: not on this server
+    path = tmp_path / "real.json"
+    path.write_text(json.dumps(wf))
+    result = run_client("--prompt", "x", "--server", server["address"], "--workflow", str(path), "--out", str(tmp_path))
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "missing model file" in line and "ComfyUI/models/" in line
+
+
+def test_comfyui_reads_the_registry_metadata():
+    from comfy_config import config_parser
+    config = config_parser.extract_node_configuration(str(REPO))
+    assert config.project.name == "comfyui-lumix" and config.project.license.file == "LICENSE"
+    assert config.tool_comfy.publisher_id == "lumix-comfyui" and config.tool_comfy.display_name
+    assert len(config.tool_comfy.models) == 4

@@ -1,0 +1,35 @@
+"""Reading the shipped workflow files for tests: UI widgets by name, links, API twins."""
+import json
+from pathlib import Path
+
+WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
+FRONTEND_ONLY_TYPES = {"Note", "MarkdownNote"}
+# Widgets the frontend adds after a widget, present in UI widgets_values but not in the API format.
+UI_ONLY_AFTER = {("LumiXSampler", "seed"): "control_after_generate", ("KSampler", "seed"): "control_after_generate",
+                 ("LoadImage", "image"): "upload"}
+
+
+def ui_files():
+    return sorted(p for p in WORKFLOW_DIR.glob("*.json") if not p.name.endswith("_api.json"))
+
+
+def api_twin(ui_path):
+    return ui_path.with_name(ui_path.stem + "_api.json")
+
+
+def load(path):
+    return json.loads(Path(path).read_text())
+
+
+def ui_widget_values(node, widget_names):
+    """{widget name: value} of a UI-format node, given its widget names in order."""
+    values = list(node.get("widgets_values", []))
+    named = {}
+    for name in widget_names:
+        if not values:
+            break
+        named[name] = values.pop(0)
+        if (node["type"], name) in UI_ONLY_AFTER and values:
+            values.pop(0)
+    assert not values, f"{node['type']} node {node['id']} has more widget values than widgets {widget_names}"
+    return named
