@@ -14,15 +14,27 @@ class MapSpec:
     checkpoint_name: str  # the name the released checkpoint and reference code use
     name: str  # the name shown to users (node sockets, file names)
     meaning: str
+    encoding: str  # how the decoded RGB image stores the quantity: see ENCODINGS
 
+
+# How each map's VAE-decoded RGB image (values in 0..1) encodes its quantity.
+ENCODINGS = {
+    "srgb": "a display image: sRGB-encoded; the physical (linear) value is the sRGB decoding of it",
+    "depth": "relative distance from the camera centre (not metric, not planar z): the three channels carry "
+             "one value (read as their mean); 0 is the nearest point of the scene, 1 the farthest",
+    "normal": "unit normal in camera space, OpenGL axes (+x right, +y up, +z towards the camera); "
+              "rgb = (n + 1) / 2, so a surface facing the camera is (0.5, 0.5, 1.0)",
+}
 
 MAPS: tuple[MapSpec, ...] = (
-    MapSpec(0, "diffuse_reflectance", "albedo", "diffuse base colour, no lighting"),
-    MapSpec(1, "diffuse_illumination", "irradiance", "diffuse light arriving at each pixel"),
-    MapSpec(2, "color", "color", "the final rendered image"),
-    MapSpec(3, "depth", "depth", "distance, encoded as an RGB image by the VAE"),
-    MapSpec(4, "normal", "normal", "surface normals, encoded as an RGB image"),
+    MapSpec(0, "diffuse_reflectance", "albedo", "diffuse base colour, no lighting", "srgb"),
+    MapSpec(1, "diffuse_illumination", "irradiance", "diffuse light arriving at each pixel", "srgb"),
+    MapSpec(2, "color", "color", "the final rendered image", "srgb"),
+    MapSpec(3, "depth", "depth", "distance, encoded as an RGB image by the VAE", "depth"),
+    MapSpec(4, "normal", "normal", "surface normals, encoded as an RGB image", "normal"),
 )
+# Hypersim-like horizontal field of view assumed where geometry needs one (normals from depth).
+DEFAULT_FOV_DEGREES = 60.0
 
 MAP_COUNT = len(MAPS)
 MAP_NAMES: tuple[str, ...] = tuple(m.name for m in MAPS)
