@@ -26,6 +26,22 @@ POSITIVE_TITLE = "Positive prompt"
 SAVE_PREFIX = "LumiX/"
 
 
+MAP_SOCKETS = [(name, "IMAGE") for name in MAP_NAMES]
+# Every input socket of each node type, in the order of the node's definition (required, then
+# optional), so that the UI file lists unconnected sockets too and link slots match ComfyUI's.
+SOCKETS = {
+    "UNETLoader": [], "DualCLIPLoader": [], "VAELoader": [], "LoadImage": [], "Note": [],
+    "LumiXTensorLoRALoader": [("model", "MODEL")], "ModelSamplingFlux": [("model", "MODEL")],
+    "CLIPTextEncode": [("clip", "CLIP")], "FluxGuidance": [("conditioning", "CONDITIONING")],
+    "SaveImage": [("images", "IMAGE")], "PreviewImage": [("images", "IMAGE")],
+    "LumiXSampler": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                     ("vae", "VAE")] + MAP_SOCKETS,
+    "LumiXConsistency": MAP_SOCKETS, "LumiXSaveMaps": MAP_SOCKETS,
+    "LumiXRelight": [("albedo", "IMAGE"), ("normal", "IMAGE"), ("irradiance", "IMAGE")],
+    "LumiXDepthColormap": [("depth", "IMAGE")],
+}
+
+
 @dataclass
 class Node:
     id: int
@@ -34,7 +50,7 @@ class Node:
     size: tuple = (320, 110)
     title: str | None = None
     widgets: dict = field(default_factory=dict)  # widget name -> value, in the node's widget order
-    inputs: dict = field(default_factory=dict)  # socket name -> (source node, source slot, type)
+    inputs: dict = field(default_factory=dict)  # connected socket name -> (source node, source slot, type)
     outputs: tuple = ()  # (name, type) per output slot
     extra_ui_widgets: dict = field(default_factory=dict)  # UI-only widget values: {after name: value}
     color: str | None = None
@@ -126,7 +142,44 @@ def photo_decomposition():
     ]
 
 
-WORKFLOWS = {"lumix_text_to_intrinsic": text_to_intrinsic, "lumix_photo_decomposition": photo_decomposition}
+def preview(node_id, pos, source, slot, title):
+    return Node(node_id, "PreviewImage", pos, (260, 300), title, inputs={"images": (source, slot, "IMAGE")})
+
+
+def text_to_intrinsic_with_tools():
+    """Text to intrinsic, then the map tools: metrics, relighting, a depth view and lossless export."""
+    maps = {name: (10, i, "IMAGE") for i, name in enumerate(MAP_NAMES)}
+    x = 1560
+    return shared_nodes() + [sampler(3.0)] + [
+        Node(40, "LumiXConsistency", (x, 80), (300, 200), "LumiX Map Consistency",
+             widgets={"fov_degrees": 60.0, "depth_convention": "far is bright (LumiX)"}, inputs=dict(maps),
+             outputs=(("photometric_heatmap", "IMAGE"), ("geometric_heatmap", "IMAGE"),
+                      ("structural_heatmap", "IMAGE"), ("report", "STRING"))),
+        preview(41, (x + 340, 80), 40, 0, "Photometric residual"),
+        preview(42, (x + 620, 80), 40, 1, "Geometric residual"),
+        preview(43, (x + 900, 80), 40, 2, "Structural alignment"),
+        Node(44, "LumiXRelight", (x, 440), (300, 250), "LumiX Relight",
+             widgets={"azimuth": 45.0, "elevation": 45.0, "light_color": "#ffffff", "intensity": 1.0, "ambient": 0.15},
+             inputs={"albedo": maps["albedo"], "normal": maps["normal"], "irradiance": maps["irradiance"]},
+             outputs=(("image", "IMAGE"),)),
+        preview(45, (x + 340, 440), 44, 0, "Relit preview"),
+        Node(46, "LumiXDepthColormap", (x, 740), (300, 130), "LumiX Depth Colormap",
+             widgets={"colormap": "turbo", "near_is_high": True, "depth_convention": "far is bright (LumiX)"},
+             inputs={"depth": maps["depth"]}, outputs=(("image", "IMAGE"),)),
+        preview(47, (x + 340, 740), 46, 0, "Depth (near = warm)"),
+        Node(48, "LumiXSaveMaps", (x + 620, 440), (560, 560), "LumiX Save Maps",
+             widgets={"filename_prefix": "LumiX/scene", "fov_degrees": 60.0}, inputs=dict(maps)),
+        note(30, (40, 520), MODEL_NOTE),
+        note(31, (1170, 600),
+             "Map tools: the consistency node measures whether the maps agree (its report shows in the node and "
+             "its heat maps below: darker is better); Relight checks albedo and normals together; Save Maps writes "
+             "each scene to output/LumiX/scene_NNNNN/ with 16-bit depth/normal PNGs, EXR (pip install openexr) "
+             "and lumix.json.", (340, 220)),
+    ]
+
+
+WORKFLOWS = {"lumix_text_to_intrinsic": text_to_intrinsic, "lumix_photo_decomposition": photo_decomposition,
+             "lumix_text_to_intrinsic_tools": text_to_intrinsic_with_tools}
 
 
 def to_api(nodes):
@@ -143,11 +196,14 @@ def to_api(nodes):
 def to_ui(nodes):
     links, by_id = [], {n.id: n for n in nodes}
     out_links: dict[tuple, list] = {}
+    in_links: dict[tuple, int] = {}
     for n in nodes:
+        sockets = [name for name, _t in SOCKETS[n.type]]
         for name, (src, slot, typ) in n.inputs.items():
             link_id = len(links) + 1
-            links.append([link_id, src, slot, n.id, list(n.inputs).index(name), typ])
+            links.append([link_id, src, slot, n.id, sockets.index(name), typ])
             out_links.setdefault((src, slot), []).append(link_id)
+            in_links[(n.id, name)] = link_id
     ui_nodes = []
     for order, n in enumerate(sorted(nodes, key=lambda n: n.id)):
         widgets = []
@@ -158,8 +214,7 @@ def to_ui(nodes):
         entry = {
             "id": n.id, "type": n.type, "pos": list(n.pos), "size": list(n.size), "flags": {}, "order": order,
             "mode": 0,
-            "inputs": [{"name": name, "type": typ, "link": next(l[0] for l in links if l[3] == n.id and l[4] == i)}
-                       for i, (name, (_s, _sl, typ)) in enumerate(n.inputs.items())],
+            "inputs": [{"name": name, "type": typ, "link": in_links.get((n.id, name))} for name, typ in SOCKETS[n.type]],
             "outputs": [{"name": name, "type": typ, "links": out_links.get((n.id, slot), []), "slot_index": slot}
                         for slot, (name, typ) in enumerate(n.outputs)],
             "properties": {"Node name for S&R": n.type} if n.type != "Note" else {},

@@ -258,18 +258,33 @@ def wait_for(server: Server, prompt_id: str, label: str, ws: MiniWebSocket | Non
         time.sleep(0.5)
 
 
+def _saved_images(entry: dict, workflow: dict):
+    """(scene, map name, image ref) for every map the job saved: SaveImage nodes with a LumiX/<map>
+    prefix (one image per scene), and LumiX Save Maps nodes (one folder per scene, <map>.png)."""
+    outputs = entry.get("outputs", {})
+    for node_id, map_name in saved_maps(workflow).items():
+        for scene, image in enumerate(outputs.get(node_id, {}).get("images", [])):
+            yield scene, map_name, image
+    for node_id, node in workflow.items():
+        if node["class_type"] == "LumiXSaveMaps":
+            folders: list[str] = []
+            for image in outputs.get(node_id, {}).get("images", []):
+                if image["subfolder"] not in folders:
+                    folders.append(image["subfolder"])
+                yield folders.index(image["subfolder"]), os.path.splitext(image["filename"])[0], image
+
+
 def write_maps(server: Server, entry: dict, workflow: dict, out_dir: str, job: str, seed: int,
                photo: str | None = None) -> list[str]:
     """Download every saved map and write scene folders <job>_s<scene>_seed<seed+scene>/<map>.png."""
     folders = []
-    for node_id, map_name in saved_maps(workflow).items():
-        for scene, image in enumerate(entry.get("outputs", {}).get(node_id, {}).get("images", [])):
-            folder = os.path.join(out_dir, f"{job}_s{scene}_seed{seed + scene}")
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, f"{map_name}.png"), "wb") as f:
-                f.write(server.download(image))
-            if folder not in folders:
-                folders.append(folder)
+    for scene, map_name, image in _saved_images(entry, workflow):
+        folder = os.path.join(out_dir, f"{job}_s{scene}_seed{seed + scene}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{map_name}.png"), "wb") as f:
+            f.write(server.download(image))
+        if folder not in folders:
+            folders.append(folder)
     if photo is not None:
         for folder in folders:
             shutil.copyfile(photo, os.path.join(folder, "color" + os.path.splitext(photo)[1].lower()))

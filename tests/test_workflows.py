@@ -22,6 +22,11 @@ WIDGETS = {
     "LumiXTensorLoRALoader": ["lumix_name", "strength", "query_broadcast"],
     "LumiXSampler": ["seed", "steps", "cfg", "sampler_name", "scheduler", "width", "height", "scenes", "shared_noise"],
     "Note": ["text"],
+    "PreviewImage": [],
+    "LumiXConsistency": ["fov_degrees", "depth_convention"],
+    "LumiXRelight": ["azimuth", "elevation", "light_color", "intensity", "ambient"],
+    "LumiXDepthColormap": ["colormap", "near_is_high", "depth_convention"],
+    "LumiXSaveMaps": ["filename_prefix", "fov_degrees"],
 }
 
 
@@ -37,7 +42,7 @@ def our_node_ids():
 
 def test_the_two_required_workflows_and_their_twins_exist():
     names = {p.name for p in ui_files()}
-    assert {"lumix_text_to_intrinsic.json", "lumix_photo_decomposition.json"} <= names
+    assert {"lumix_text_to_intrinsic.json", "lumix_photo_decomposition.json", "lumix_text_to_intrinsic_tools.json"} <= names
     for ui in ui_files():
         assert api_twin(ui).is_file(), f"{ui.name} has no API-format twin"
 

@@ -27,6 +27,24 @@ def all_nodes():
     return load_extension()
 
 
+def is_output_node(node_class):
+    if hasattr(node_class, "GET_NODE_INFO_V1"):
+        return node_class.GET_NODE_INFO_V1()["output_node"]
+    return getattr(node_class, "OUTPUT_NODE", False)
+
+
+def socket_names(node_class):
+    """Non-widget inputs in ComfyUI's order (required, then optional)."""
+    if hasattr(node_class, "GET_NODE_INFO_V1"):
+        info = node_class.GET_NODE_INFO_V1()
+        inputs, order = info["input"], info["input_order"]
+    else:
+        inputs = node_class.INPUT_TYPES()
+        order = {k: list(v) for k, v in inputs.items()}
+    return [name for section in ("required", "optional") for name in order.get(section, [])
+            if not (isinstance(inputs[section][name][0], list) or inputs[section][name][0] in WIDGET_TYPES)]
+
+
 def widget_names(node_class):
     """Widget inputs of a node in ComfyUI's order, from the node info /object_info serves."""
     if hasattr(node_class, "GET_NODE_INFO_V1"):
@@ -66,8 +84,8 @@ def test_comfyui_validates_the_api_workflow(placeholder_models, ui_path):
     prompt = load(api_twin(ui_path))
     valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
     assert valid, f"{error} {json.dumps(node_errors)[:2000]}"
-    saves = {k for k, v in prompt.items() if v["class_type"] == "SaveImage"}
-    assert set(outputs) == saves
+    output_nodes = {k for k, v in prompt.items() if is_output_node(comfy_nodes.NODE_CLASS_MAPPINGS[v["class_type"]])}
+    assert output_nodes and set(outputs) == output_nodes
 
 
 @pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
@@ -80,6 +98,7 @@ def test_ui_workflow_types_known_and_widgets_match_the_api_twin(all_nodes, ui_pa
         widgets = ui_widget_values(node, widget_names(all_nodes[node["type"]]))
         for name, value in widgets.items():
             assert api[str(node["id"])]["inputs"][name] == value
+        assert [i["name"] for i in node["inputs"]] == socket_names(all_nodes[node["type"]]), node["type"]
 
 
 # ---- a real server on loopback ------------------------------------------------------------------
@@ -196,3 +215,17 @@ def test_comfyui_reads_the_registry_metadata():
     assert config.project.name == "comfyui-lumix" and config.project.license.file == "LICENSE"
     assert config.tool_comfy.publisher_id == "lumix-comfyui" and config.tool_comfy.display_name
     assert len(config.tool_comfy.models) == 4
+
+
+def test_tools_workflow_runs_on_a_real_server(server, tmp_path):
+    wf = tiny_workflow(REPO / "workflows" / "lumix_text_to_intrinsic_tools_api.json", tmp_path)
+    result = run_client("--prompt", "a tiny room", "--seed", "9", "--width", "64", "--height", "64", "--steps", "2",
+                        "--server", server["address"], "--workflow", str(wf), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr + (server["base"] / "server.log").read_text()[-3000:]
+    folder = tmp_path / "out" / "000_s0_seed9"
+    assert sorted(p.name for p in folder.iterdir()) == ["albedo.png", "color.png", "depth.png", "irradiance.png", "normal.png"]
+    saved = sorted((server["base"] / "output" / "LumiX").glob("scene_*/lumix.json"))
+    assert saved, "LumiX Save Maps wrote nothing"
+    sidecar = json.loads(saved[-1].read_text())
+    assert sidecar["generation"]["prompt"] == "a tiny room" and sidecar["generation"]["seed"] == 9
+    assert set(sidecar["metrics"]) == {"photometric", "geometric", "structural"}

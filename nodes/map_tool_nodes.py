@@ -1,0 +1,253 @@
+"""Nodes that make the maps useful after sampling: consistency metrics, relighting, display, export."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+import folder_paths
+from comfy.cli_args import args as comfy_args
+from comfy_api.v0_0_2 import io, ui
+
+from ..lumix_core import MAP_NAMES, MAPS
+from ..lumix_core.conventions import flip_normal_y
+from ..lumix_core.display import COLORMAPS, apply_colormap, colorize_depth
+from ..lumix_core.export import (EXR_INSTALL_HINT, exr_available, linear_channels, new_folder, to_uint16,
+                                 write_exr, write_png16, write_sidecar)
+from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
+from ..lumix_core.metrics import consistency
+from ..lumix_core.relight import parse_hex_color, relight
+from .model_nodes import CATEGORY
+from .provenance import generation_info
+
+_LOG = logging.getLogger("LumiX")
+DEPTH_CONVENTIONS = ["far is bright (LumiX)", "near is bright"]
+# Heat-map scales: the value shown at the top of the colour map.
+PHOTOMETRIC_TOP, GEOMETRIC_TOP_DEGREES = 0.25, 45.0
+
+
+def _map_inputs(required=()):
+    return [io.Image.Input(spec.name, optional=spec.name not in required, tooltip=f"{spec.name}: {spec.meaning}.")
+            for spec in MAPS]
+
+
+def _given_scenes(maps: dict) -> tuple[int, int, int]:
+    """(scenes, height, width) shared by every given map batch, or a clear error."""
+    if not maps:
+        raise ValueError("LumiX: connect at least one map.")
+    shapes = {name: tuple(t.shape[:3]) for name, t in maps.items()}
+    if len(set(shapes.values())) != 1:
+        listing = ", ".join(f"{n} {s[0]}x{s[2]}x{s[1]}" for n, s in shapes.items())
+        raise ValueError(f"LumiX: the maps differ in batch or size ({listing}: images x width x height); connect "
+                         "maps of the same scenes, straight from one LumiX Intrinsic Sampler.")
+    return next(iter(shapes.values()))
+
+
+class LumiXConsistency(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXConsistency", display_name="LumiX Map Consistency", category=CATEGORY,
+            description="Measures whether the maps of each scene agree. Any map may be missing; each check "
+                        "runs when its maps are there.",
+            inputs=[*_map_inputs(),
+                    io.Float.Input("fov_degrees", default=DEFAULT_FOV_DEGREES, min=10.0, max=150.0, step=1.0,
+                                   tooltip="Horizontal field of view assumed to back-project depth (Hypersim-like 60)."),
+                    io.Combo.Input("depth_convention", options=DEPTH_CONVENTIONS, default=DEPTH_CONVENTIONS[0],
+                                   tooltip=f"How the depth image encodes distance. LumiX: {ENCODINGS['depth']}.")],
+            outputs=[
+                io.Image.Output("photometric_heatmap", display_name="photometric_heatmap",
+                                tooltip="Per pixel |color - s*albedo*irradiance| in linear RGB, s the least-squares "
+                                        f"global scale; top of the colour map = {PHOTOMETRIC_TOP}."),
+                io.Image.Output("geometric_heatmap", display_name="geometric_heatmap",
+                                tooltip="Per pixel angle between the normal map and normals derived from depth "
+                                        f"(back-projected, depth offset fitted); top = {GEOMETRIC_TOP_DEGREES:g} deg; "
+                                        "black where depth jumps."),
+                io.Image.Output("structural_heatmap", display_name="structural_heatmap",
+                                tooltip="Per pixel disagreement of edge strength (Sobel) between each map and color."),
+                io.String.Output("report", display_name="report",
+                                 tooltip="The three numbers per scene: photometric residual (lower is better), "
+                                         "geometric residual in degrees (lower is better), structural alignment = "
+                                         "mean edge correlation with color at zero offset (higher is better), "
+                                         "with each map's best-matching pixel offset."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, fov_degrees, depth_convention, **maps) -> io.NodeOutput:
+        maps = {k: v for k, v in maps.items() if v is not None}
+        scenes, height, width = _given_scenes(maps)
+        heat = {key: [] for key in ("photometric", "geometric", "structural")}
+        lines = []
+        for s in range(scenes):
+            report = consistency({name: image[s] for name, image in maps.items()}, fov_degrees,
+                                 near_is_bright=depth_convention == DEPTH_CONVENTIONS[1])
+            if scenes > 1:
+                lines.append(f"scene {s + 1}:")
+            lines.append(report.text())
+            for key, top in (("photometric", PHOTOMETRIC_TOP), ("geometric", GEOMETRIC_TOP_DEGREES), ("structural", 1.0)):
+                result = getattr(report, key)
+                values = result["map"] / top if result is not None else torch.zeros(height, width, dtype=torch.float64)
+                heat[key].append(apply_colormap(values, "inferno").float())
+        text = "\n".join(lines)
+        outputs = [torch.stack(heat[key]) for key in ("photometric", "geometric", "structural")]
+        return io.NodeOutput(*outputs, text, ui=ui.PreviewText(text))
+
+
+class LumiXRelight(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXRelight", display_name="LumiX Relight", category=CATEGORY,
+            description="Lambertian preview from albedo and normals under a directional light: a quick check "
+                        "that geometry and materials hold together.",
+            inputs=[
+                io.Image.Input("albedo", tooltip="albedo map (sRGB)."),
+                io.Image.Input("normal", tooltip="normal map (camera space, OpenGL axes)."),
+                io.Float.Input("azimuth", default=45.0, min=-360.0, max=360.0, step=1.0,
+                               tooltip="Light direction within the image plane: 0 = from the right, 90 = from above."),
+                io.Float.Input("elevation", default=45.0, min=-90.0, max=90.0, step=1.0,
+                               tooltip="Angle of the light out of the image plane towards the viewer: 90 = from the camera."),
+                io.String.Input("light_color", default="#ffffff", tooltip="Light colour as hex, e.g. #ffe8c0."),
+                io.Float.Input("intensity", default=1.0, min=0.0, max=20.0, step=0.05, tooltip="Directional light strength."),
+                io.Float.Input("ambient", default=0.15, min=0.0, max=5.0, step=0.01,
+                               tooltip="Ambient light: times the generated irradiance where connected, else white."),
+                io.Image.Input("irradiance", optional=True, tooltip="Optional irradiance map, used for the ambient term."),
+            ],
+            outputs=[io.Image.Output("relit", display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, albedo, normal, azimuth, elevation, light_color, intensity, ambient, irradiance=None) -> io.NodeOutput:
+        given = {"albedo": albedo, "normal": normal}
+        if irradiance is not None:
+            given["irradiance"] = irradiance
+        _given_scenes(given)
+        try:
+            rgb = parse_hex_color(light_color)
+        except ValueError as exc:
+            raise ValueError(f"LumiX Relight: {exc}") from None
+        out = relight(albedo, normal, azimuth, elevation, rgb, intensity, ambient, irradiance)
+        return io.NodeOutput(out.float())
+
+
+class LumiXDepthColormap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXDepthColormap", display_name="LumiX Depth Colormap", category=CATEGORY,
+            description="Shows a depth map in colour, normalised per image.",
+            inputs=[io.Image.Input("depth"),
+                    io.Combo.Input("colormap", options=list(COLORMAPS), default="turbo"),
+                    io.Boolean.Input("near_is_high", default=True,
+                                     tooltip="Near points at the warm/bright end of the colour map."),
+                    io.Combo.Input("depth_convention", options=DEPTH_CONVENTIONS, default=DEPTH_CONVENTIONS[0],
+                                   tooltip=f"How the input encodes distance. LumiX: {ENCODINGS['depth']}.")],
+            outputs=[io.Image.Output("colored", display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, depth, colormap, near_is_high, depth_convention) -> io.NodeOutput:
+        out = colorize_depth(depth.double(), colormap, depth_convention == DEPTH_CONVENTIONS[1], near_is_high)
+        return io.NodeOutput(out.float())
+
+
+class LumiXNormalFlip(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXNormalFlip", display_name="LumiX Normal OpenGL <-> DirectX", category=CATEGORY,
+            description="Flips the green (y) axis of a normal map: LumiX writes OpenGL normals (+y up); "
+                        "DirectX renderers (Unreal, 3ds Max) expect +y down.",
+            inputs=[io.Image.Input("normal")],
+            outputs=[io.Image.Output("flipped", display_name="normal")],
+        )
+
+    @classmethod
+    def execute(cls, normal) -> io.NodeOutput:
+        return io.NodeOutput(flip_normal_y(normal))
+
+
+class LumiXSaveMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXSaveMaps", display_name="LumiX Save Maps", category=CATEGORY, is_output_node=True,
+            description="Saves each scene's maps into its own new folder under ComfyUI's output: 8-bit PNGs, "
+                        "16-bit PNG depth and normals, float32 EXR of every map (with the optional openexr "
+                        "package) and lumix.json (prompt, seed, conventions, metrics). Nothing is overwritten.",
+            inputs=[*_map_inputs(),
+                    io.String.Input("filename_prefix", default="LumiX/scene",
+                                    tooltip="Folder name under output/; each scene gets <prefix>_00001, _00002, ..."),
+                    io.Float.Input("fov_degrees", default=DEFAULT_FOV_DEGREES, min=10.0, max=150.0, step=1.0,
+                                   tooltip="Field of view for the geometric metric in the sidecar.")],
+            outputs=[],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo, io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def _png_metadata(cls):
+        if comfy_args.disable_metadata or cls.hidden is None:
+            return None
+        metadata = PngInfo()
+        if cls.hidden.prompt:
+            metadata.add_text("prompt", json.dumps(cls.hidden.prompt))
+        for key, value in (cls.hidden.extra_pnginfo or {}).items():
+            metadata.add_text(key, json.dumps(value))
+        return metadata
+
+    @classmethod
+    def execute(cls, filename_prefix, fov_degrees, **maps) -> io.NodeOutput:
+        maps = {k: v for k, v in maps.items() if v is not None}
+        scenes, _, _ = _given_scenes(maps)
+        output_dir = os.path.realpath(folder_paths.get_output_directory())
+        target = os.path.realpath(os.path.join(output_dir, filename_prefix))
+        if os.path.commonpath([output_dir, target]) != output_dir:
+            raise ValueError(f"LumiX Save Maps: filename_prefix {filename_prefix!r} leads outside ComfyUI's output folder.")
+        with_exr = exr_available()
+        if not with_exr:
+            _LOG.warning("LumiX Save Maps: %s", EXR_INSTALL_HINT)
+        info = generation_info(cls.hidden.prompt if cls.hidden else None, cls.hidden.unique_id if cls.hidden else None)
+        metadata = cls._png_metadata()
+        previews = []
+        for s in range(scenes):
+            folder = new_folder(output_dir, filename_prefix)
+            subfolder = os.path.relpath(folder, output_dir)
+            files = []
+            for name in (n for n in MAP_NAMES if n in maps):
+                image = maps[name][s]
+                pixels = np.clip(255.0 * image[..., :3].cpu().float().numpy(), 0, 255).round().astype(np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, f"{name}.png"), pnginfo=metadata, compress_level=4)
+                files.append(f"{name}.png")
+                previews.append(ui.SavedResult(f"{name}.png", subfolder, io.FolderType.output))
+                if name == "depth":
+                    write_png16(os.path.join(folder, "depth_16bit.png"), to_uint16(image[..., :3].mean(-1).cpu().double().numpy()))
+                    files.append("depth_16bit.png")
+                if name == "normal":
+                    write_png16(os.path.join(folder, "normal_16bit.png"), to_uint16(image[..., :3].cpu().double().numpy()))
+                    files.append("normal_16bit.png")
+                if with_exr:
+                    write_exr(os.path.join(folder, f"{name}.exr"), linear_channels(name, image))
+                    files.append(f"{name}.exr")
+            report = consistency({n: maps[n][s] for n in maps}, fov_degrees)
+            scene_info = dict(info)
+            if isinstance(scene_info.get("seed"), int):
+                scene_info["seed"] += s  # scene s of a LumiX run uses seed + s
+            write_sidecar(os.path.join(folder, "lumix.json"), {
+                "format": "lumix-maps", "format_version": 1, "scene_index": s, "generation": scene_info,
+                "files": files, "exr": with_exr if with_exr else EXR_INSTALL_HINT,
+                "conventions": {"maps": {m.name: m.encoding for m in MAPS if m.name in maps}, "encodings": ENCODINGS,
+                                "exr": "albedo/irradiance/color linear RGB; depth Y = relative distance; "
+                                       "normal RGB = unit vector (-1..1)",
+                                "png16": "depth: grey = mean of the RGB channels; normal: RGB as the 8-bit map, 16 bits"},
+                "metrics": report.numbers(), "metrics_text": report.text(),
+            })
+        ui_out = ui.SavedImages(previews).as_dict()
+        if not with_exr:
+            ui_out.update(ui.PreviewText(EXR_INSTALL_HINT).as_dict())
+        return io.NodeOutput(ui=ui_out)
