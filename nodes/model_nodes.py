@@ -48,9 +48,7 @@ class _CheckpointCache:
         key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
         if key != self.key:
             checkpoint = load_checkpoint(path)
-            self.key, self.value = None, None  # never keep a half-built entry
-            self.value = (checkpoint, checkpoint.build_adapters())
-            self.key = key
+            self.value, self.key = (checkpoint, checkpoint.build_adapters()), key
         return self.value
 
 

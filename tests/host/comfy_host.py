@@ -32,3 +32,20 @@ def extension_module():
     return sys.modules[str(REPO).replace(".", "_x_")]
 
 
+
+
+def tiny_lumix_checkpoint(folder, name):
+    """A tiny checkpoint in the released layout for the tiny FLUX, in a folder registered as 'lumix'."""
+    from safetensors.torch import save_file
+    from tiny_flux import official_state_dict
+
+    save_file(official_state_dict(hidden=HIDDEN, R=4, double=DOUBLE, single=SINGLE, scale=0.5), str(folder / name))
+    folder_paths.add_model_folder_path("lumix", str(folder))
+    return name
+
+
+def tiny_lumix_model(folder, name, seed=1):
+    """The tiny FLUX patched by the LumiX Tensor LoRA Loader with a tiny checkpoint."""
+    load_extension()
+    loader = comfy_nodes.NODE_CLASS_MAPPINGS["LumiXTensorLoRALoader"]
+    return loader.execute(tiny_flux(seed=seed), tiny_lumix_checkpoint(folder, name), 1.0, True).result[0]

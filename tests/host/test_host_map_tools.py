@@ -5,24 +5,18 @@ import os
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from comfy_host import DOUBLE, HIDDEN, SINGLE, TinyVAE, conditioning, folder_paths, load_extension, tiny_flux
+from comfy_host import TinyVAE, conditioning, folder_paths, load_extension, tiny_lumix_model
 from lumix_core import MAP_NAMES  # noqa: E402
 from lumix_core.export import exr_available  # noqa: E402
 from synthetic_scene import FOV, scene, shift  # noqa: E402
-from tiny_flux import official_state_dict  # noqa: E402
 
 NODES = load_extension()
 
 
 @pytest.fixture(scope="module")
 def sampled(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tools_models")
-    save_file(official_state_dict(hidden=HIDDEN, R=4, double=DOUBLE, single=SINGLE, scale=0.5),
-              str(folder / "tools_lumix.safetensors"))
-    folder_paths.add_model_folder_path("lumix", str(folder))
-    model = NODES["LumiXTensorLoRALoader"].execute(tiny_flux(seed=1), "tools_lumix.safetensors", 1.0, True).result[0]
+    model = tiny_lumix_model(tmp_path_factory.mktemp("tools_models"), "tools_lumix.safetensors")
     out = NODES["LumiXSampler"].execute(model, conditioning(1), conditioning(2), TinyVAE(), 5, 2, 1.0, "euler",
                                         "simple", 64, 64, 2, True).result
     return dict(zip(MAP_NAMES, out[:5]))

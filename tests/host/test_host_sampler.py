@@ -3,30 +3,23 @@ import logging
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from comfy_host import (HIDDEN, DOUBLE, SINGLE, TinyVAE, conditioning, folder_paths, load_extension,
-                        tiny_flux)  # first: skips this module where there is no ComfyUI
+from comfy_host import (TinyVAE, conditioning, load_extension, tiny_flux,
+                        tiny_lumix_model)  # first: skips this module where there is no ComfyUI
 
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 import comfy.utils  # noqa: E402
 from lumix_core import MAP_NAMES  # noqa: E402
-from tiny_flux import official_state_dict  # noqa: E402
 
 NODES = load_extension()
 Sampler = NODES["LumiXSampler"]
-Loader = NODES["LumiXTensorLoRALoader"]
 SIZE = 64  # pixels; 8x8 latents, 16 image tokens
 
 
 @pytest.fixture(scope="module")
 def lumix_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lumix_sampler_models")
-    save_file(official_state_dict(hidden=HIDDEN, R=4, double=DOUBLE, single=SINGLE, scale=0.5),
-              str(folder / "sampler_lumix.safetensors"))
-    folder_paths.add_model_folder_path("lumix", str(folder))
-    return Loader.execute(tiny_flux(seed=1), "sampler_lumix.safetensors", 1.0, True).result[0]
+    return tiny_lumix_model(tmp_path_factory.mktemp("lumix_sampler_models"), "sampler_lumix.safetensors")
 
 
 class Spy:

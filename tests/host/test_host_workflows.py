@@ -33,33 +33,26 @@ def is_output_node(node_class):
     return getattr(node_class, "OUTPUT_NODE", False)
 
 
-def socket_names(node_class):
-    """Non-widget inputs in ComfyUI's order (required, then optional)."""
+def ordered_inputs(node_class):
+    """(name, is_widget) of every input in ComfyUI's order (required, then optional), as /object_info has them."""
     if hasattr(node_class, "GET_NODE_INFO_V1"):
         info = node_class.GET_NODE_INFO_V1()
         inputs, order = info["input"], info["input_order"]
     else:
         inputs = node_class.INPUT_TYPES()
         order = {k: list(v) for k, v in inputs.items()}
-    return [name for section in ("required", "optional") for name in order.get(section, [])
-            if not (isinstance(inputs[section][name][0], list) or inputs[section][name][0] in WIDGET_TYPES)]
-
-
-def widget_names(node_class):
-    """Widget inputs of a node in ComfyUI's order, from the node info /object_info serves."""
-    if hasattr(node_class, "GET_NODE_INFO_V1"):
-        info = node_class.GET_NODE_INFO_V1()
-        inputs, order = info["input"], info["input_order"]
-    else:
-        inputs = node_class.INPUT_TYPES()
-        order = {k: list(v) for k, v in inputs.items()}
-    names = []
     for section in ("required", "optional"):
         for name in order.get(section, []):
             spec = inputs[section][name]
-            if isinstance(spec[0], list) or spec[0] in WIDGET_TYPES:
-                names.append(name)
-    return names
+            yield name, isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+
+
+def socket_names(node_class):
+    return [name for name, is_widget in ordered_inputs(node_class) if not is_widget]
+
+
+def widget_names(node_class):
+    return [name for name, is_widget in ordered_inputs(node_class) if is_widget]
 
 
 @pytest.fixture(scope="module")
