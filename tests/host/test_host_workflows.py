@@ -161,7 +161,10 @@ def test_object_info_lists_the_lumix_nodes(server):
     info = json.loads(urllib.request.urlopen(f"http://{server['address']}/object_info").read())
     for key, name in (("LumiXTensorLoRALoader", "LumiX Tensor LoRA Loader"),
                       ("LumiXQueryBroadcast", "LumiX Query-Broadcast Attention"),
-                      ("LumiXSampler", "LumiX Intrinsic Sampler")):
+                      ("LumiXSampler", "LumiX Intrinsic Sampler"), ("LumiXConsistency", "LumiX Map Consistency"),
+                      ("LumiXRelight", "LumiX Relight"), ("LumiXSaveMaps", "LumiX Save Maps"),
+                      ("LumiXDepthColormap", "LumiX Depth Colormap"),
+                      ("LumiXNormalFlip", "LumiX Normal OpenGL <-> DirectX")):
         assert info[key]["display_name"] == name
     assert "tiny_lumix.safetensors" in info["LumiXTensorLoRALoader"]["input"]["required"]["lumix_name"][1]["options"]
 
