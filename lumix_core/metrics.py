@@ -36,9 +36,13 @@ def photometric_residual(color, albedo, irradiance) -> dict:
     return {"residual": mean, "relative": mean / max(c.mean().item(), 1e-12), "scale": scale, "map": residual}
 
 
-def normals_from_depth(distance: torch.Tensor, fov_degrees: float) -> torch.Tensor:
-    """[H, W] distance along each ray -> [H, W, 3] unit normals facing the camera (borders invalid)."""
-    points = distance[..., None] * camera_rays(*distance.shape, fov_degrees, dtype=distance.dtype)
+def normals_from_depth(distance: torch.Tensor, fov_degrees: float, rays: torch.Tensor | None = None) -> torch.Tensor:
+    """[H, W] distance along each ray -> [H, W, 3] unit normals facing the camera (borders invalid).
+
+    `rays` (camera_rays for this size and FOV) may be passed in when called for many depths."""
+    if rays is None:
+        rays = camera_rays(*distance.shape, fov_degrees, dtype=distance.dtype, device=distance.device)
+    points = distance[..., None] * rays
     d_col = torch.zeros_like(points)
     d_row = torch.zeros_like(points)
     d_col[:, 1:-1] = points[:, 2:] - points[:, :-2]
@@ -67,8 +71,9 @@ def geometric_residual(depth, normal, fov_degrees: float = DEFAULT_FOV_DEGREES, 
         return {"mean_degrees": float("nan"), "median_degrees": float("nan"), "offset": float("nan"),
                 "valid_fraction": 0.0, "map": torch.zeros_like(value)}
     best = None
+    rays = camera_rays(*value.shape, fov_degrees, dtype=value.dtype, device=value.device)  # same for every offset
     for offset in DEPTH_OFFSETS:
-        from_depth = normals_from_depth(value + offset, fov_degrees)
+        from_depth = normals_from_depth(value + offset, fov_degrees, rays)
         angle = torch.rad2deg(torch.acos((from_depth * n).sum(-1).clamp(-1.0, 1.0)))
         mean = angle[mask].mean().item()
         if best is None or mean < best[0]:

@@ -31,9 +31,9 @@ DEPTH_CONVENTIONS = ["far is bright (LumiX)", "near is bright"]
 PHOTOMETRIC_TOP, GEOMETRIC_TOP_DEGREES = 0.25, 45.0
 
 
-def _map_inputs(required=()):
-    return [io.Image.Input(spec.name, optional=spec.name not in required, tooltip=f"{spec.name}: {spec.meaning}.")
-            for spec in MAPS]
+def _map_inputs():
+    """One optional IMAGE socket per map, in the registry's order."""
+    return [io.Image.Input(spec.name, optional=True, tooltip=f"{spec.name}: {spec.meaning}.") for spec in MAPS]
 
 
 def _given_scenes(maps: dict) -> tuple[int, int, int]:
