@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +32,39 @@ if COMFYUI is not None and str(COMFYUI) not in sys.path:
 
     if not torch.cuda.is_available():
         args.cpu = True
+
+
+# CI sets LUMIX_REQUIRE_HOST=1 where ComfyUI is present: then a host test or module that skips (a broken
+# import, a missing host) fails the run instead of hiding behind a skip.
+REQUIRE_HOST = os.environ.get("LUMIX_REQUIRE_HOST") == "1"
+HOST_TESTS = REPO / "tests" / "host"
+_host_skips: list[str] = []
+
+
+def _is_host_report(report) -> bool:
+    path = Path(str(getattr(report, "fspath", "") or report.nodeid.split("::")[0]))
+    path = path if path.is_absolute() else REPO / path
+    return HOST_TESTS in path.resolve().parents
+
+
+def pytest_collectreport(report):
+    if REQUIRE_HOST and report.skipped and _is_host_report(report):
+        _host_skips.append(f"{report.nodeid}: {report.longrepr}")
+
+
+def pytest_runtest_logreport(report):
+    if REQUIRE_HOST and report.skipped and _is_host_report(report):
+        _host_skips.append(f"{report.nodeid}: {report.longrepr}")
+
+
+def pytest_sessionstart(session):
+    if REQUIRE_HOST and COMFYUI is None:
+        raise pytest.UsageError(f"LUMIX_REQUIRE_HOST=1 but {NO_COMFYUI_REASON}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _host_skips:
+        print("\nLUMIX_REQUIRE_HOST=1: host tests were skipped although ComfyUI is present:")
+        for line in _host_skips:
+            print("  " + line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

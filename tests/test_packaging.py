@@ -30,8 +30,10 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
     test_command = block[1].split("#")[0].strip()
     assert test_command == "python -m pytest"
     assert readme.index("```bash") < readme.index("LumiX (CVPR 2026")
-    ci = (REPO / ".ci" / "run").read_text()
-    assert test_command in ci.splitlines()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert ci.count(test_command) == 2, "CI runs the test command host-free, then with the host"
+    host_run = ci.index(test_command, ci.index(test_command) + 1)
+    assert 'export COMFYUI_PATH="$SCRATCH/ComfyUI" LUMIX_REQUIRE_HOST=1' in ci[:host_run]
 
 
 def test_every_model_file_the_workflows_use_is_in_the_readme_table():
