@@ -22,7 +22,7 @@ from ..lumix_core.export import (EXR_INSTALL_HINT, exr_available, linear_channel
 from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
 from ..lumix_core.metrics import consistency
 from ..lumix_core.relight import parse_hex_color, relight
-from .model_nodes import CATEGORY
+from . import categories
 from .provenance import generation_info
 
 _LOG = logging.getLogger("LumiX")
@@ -52,7 +52,7 @@ class LumiXConsistency(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LumiXConsistency", display_name="LumiX Map Consistency", category=CATEGORY,
+            node_id="LumiXConsistency", display_name="LumiX Map Consistency", category=categories.TOOLS,
             description="Measures whether the maps of each scene agree. Any map may be missing; each check "
                         "runs when its maps are there.",
             inputs=[*_map_inputs(),
@@ -103,7 +103,7 @@ class LumiXRelight(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LumiXRelight", display_name="LumiX Relight", category=CATEGORY,
+            node_id="LumiXRelight", display_name="LumiX Relight", category=categories.TOOLS,
             description="Lambertian preview from albedo and normals under a directional light: a quick check "
                         "that geometry and materials hold together.",
             inputs=[
@@ -140,7 +140,7 @@ class LumiXDepthColormap(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LumiXDepthColormap", display_name="LumiX Depth Colormap", category=CATEGORY,
+            node_id="LumiXDepthColormap", display_name="LumiX Depth Colormap", category=categories.TOOLS,
             description="Shows a depth map in colour, normalised per image.",
             inputs=[io.Image.Input("depth"),
                     io.Combo.Input("colormap", options=list(COLORMAPS), default="turbo"),
@@ -161,7 +161,7 @@ class LumiXNormalFlip(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LumiXNormalFlip", display_name="LumiX Normal OpenGL <-> DirectX", category=CATEGORY,
+            node_id="LumiXNormalFlip", display_name="LumiX Normal OpenGL <-> DirectX", category=categories.TOOLS,
             description="Flips the green (y) axis of a normal map: LumiX writes OpenGL normals (+y up); "
                         "DirectX renderers (Unreal, 3ds Max) expect +y down.",
             inputs=[io.Image.Input("normal")],
@@ -177,7 +177,7 @@ class LumiXSaveMaps(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LumiXSaveMaps", display_name="LumiX Save Maps", category=CATEGORY, is_output_node=True,
+            node_id="LumiXSaveMaps", display_name="LumiX Save Maps", category=categories.TOOLS, is_output_node=True,
             description="Saves each scene's maps into its own new folder under ComfyUI's output: 8-bit PNGs, "
                         "16-bit PNG depth and normals, float32 EXR of every map (with the optional openexr "
                         "package) and lumix.json (prompt, seed, conventions, metrics). Nothing is overwritten.",

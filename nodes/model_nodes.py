@@ -7,12 +7,12 @@ import folder_paths
 from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_NAMES, SOURCE_MAP, CheckpointError, load_checkpoint, map_index
+from . import categories
 from .flux_model import NotFluxError, block_counts, flux_diffusion_model
 from .patch import apply_lumix, lumix_settings
 
 LUMIX_FOLDER = "lumix"
 CHECKPOINT_EXTENSIONS = {".safetensors", ".sft"}
-CATEGORY = "LumiX"
 
 
 def register_model_folder() -> None:
@@ -65,7 +65,7 @@ class LumiXQueryBroadcast(io.ComfyNode):
         return io.Schema(
             node_id="LumiXQueryBroadcast",
             display_name="LumiX Query-Broadcast Attention",
-            category=CATEGORY,
+            category=categories.MODEL,
             description="Makes every map of a scene attend with the query of one source map, as LumiX was "
                         "trained. The LumiX Tensor LoRA Loader already turns this on; use this node to change "
                         "the source map or group size, or to try query broadcast without the adapters.",
@@ -102,7 +102,7 @@ class LumiXTensorLoRALoader(io.ComfyNode):
         return io.Schema(
             node_id="LumiXTensorLoRALoader",
             display_name="LumiX Tensor LoRA Loader",
-            category=CATEGORY,
+            category=categories.MODEL,
             description="Loads the LumiX Tensor LoRA (lumix.safetensors) onto a FLUX.1-dev model. With "
                         "query_broadcast on (the default) this one node is all the released checkpoint needs.",
             inputs=[

@@ -16,7 +16,7 @@ from comfy_api.v0_0_2 import io
 from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps
 from .flux_model import NotFluxError, flux_diffusion_model
-from .model_nodes import CATEGORY
+from . import categories
 from .patch import lumix_settings
 
 _LOG = logging.getLogger("LumiX")
@@ -88,7 +88,7 @@ class LumiXSampler(io.ComfyNode):
         return io.Schema(
             node_id="LumiXSampler",
             display_name="LumiX Intrinsic Sampler",
-            category=CATEGORY,
+            category=categories.SAMPLING,
             description="Samples the five LumiX maps of each scene together (albedo, irradiance, color, depth, "
                         "normal). Connect a color image to decompose a photo; leave all maps unconnected to "
                         "generate from text.",

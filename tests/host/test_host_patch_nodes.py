@@ -49,7 +49,7 @@ def test_comfyui_version_is_reported():
 
 def test_nodes_in_object_info_with_the_contracted_inputs(lumix_dir):
     info = Loader.GET_NODE_INFO_V1()
-    assert info["display_name"] == "LumiX Tensor LoRA Loader" and info["category"] == "LumiX"
+    assert info["display_name"] == "LumiX Tensor LoRA Loader" and info["category"] == "LumiX/model"
     required = info["input"]["required"]
     assert list(required) == ["model", "lumix_name", "strength", "query_broadcast"]
     assert required["lumix_name"][0] == "COMBO"

@@ -52,7 +52,7 @@ def photo(n=1, seed=5, size=SIZE, channels=3):
 
 def test_schema_lists_the_contracted_sockets():
     info = Sampler.GET_NODE_INFO_V1()
-    assert info["display_name"] == "LumiX Intrinsic Sampler" and info["category"] == "LumiX"
+    assert info["display_name"] == "LumiX Intrinsic Sampler" and info["category"] == "LumiX/sampling"
     assert list(info["input"]["required"]) == ["model", "positive", "negative", "vae", "seed", "steps", "cfg",
                                                "sampler_name", "scheduler", "width", "height", "scenes", "shared_noise"]
     assert list(info["input"]["optional"]) == list(MAP_NAMES)
