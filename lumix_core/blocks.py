@@ -28,7 +28,8 @@ AttentionFn = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tenso
 def broadcast_source_query(q: Tensor, maps_per_scene: int, source_map: int = SOURCE_MAP_INDEX) -> Tensor:
     """Replace the query of every map in each group by the query of the source map.
 
-    q: [k*M, ...] with map index fastest. Returns a new tensor of the same shape.
+    q: [k*M, ...] with map index fastest. For one scene the result is a view of q (batch stride
+    0, nothing copied); from two scenes on one batch stride cannot express it, so it is a copy.
     """
     if not 0 <= source_map < maps_per_scene:
         raise ValueError(f"source map index {source_map} is outside 0..{maps_per_scene - 1}")
@@ -47,9 +48,26 @@ def _split_heads(t: Tensor, num_heads: int) -> Tensor:
     return t.view(t.shape[0], t.shape[1], num_heads, -1).transpose(1, 2)
 
 
+def _recording(*tensors: Tensor) -> bool:
+    """Whether autograd records ops on these tensors (then nothing is updated in place)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _add(t: Tensor, delta: Tensor) -> Tensor:
+    """t + delta, in place where autograd does not record it (same bits, one tensor less).
+
+    Out of place while recording: v is a view of the qkv projection, whose q and k parts the
+    QK-norm saved for backward, and an in-place add would invalidate them.
+    """
+    delta = delta.to(t.dtype)
+    if _recording(t, delta):
+        return t + delta
+    return t.add_(delta)
+
+
 def _add_kv_delta(k: Tensor, v: Tensor, kv_lora: TensorLoRA, modulated: Tensor, num_heads: int, strength):
     delta_k, delta_v = kv_lora(modulated, strength).chunk(2, dim=-1)
-    return k + _split_heads(delta_k, num_heads).to(k.dtype), v + _split_heads(delta_v, num_heads).to(v.dtype)
+    return _add(k, _split_heads(delta_k, num_heads)), _add(v, _split_heads(delta_v, num_heads))
 
 
 def _check_grouping(batch: int, maps_per_scene: int, query_broadcast: bool, *adapters) -> None:
@@ -99,7 +117,7 @@ def double_block_forward(
 
     img_out = block.img_attn.proj(img_attn)
     if proj_lora is not None:
-        img_out = img_out + proj_lora(img_out, lora_strength)
+        img_out = _add(img_out, proj_lora(img_out, lora_strength))
     img = img + img_out * img_mod1.gate
     img = img + block.img_mlp(_modulate(block.img_norm2(img), img_mod2)) * img_mod2.gate
 
@@ -141,7 +159,7 @@ def single_block_forward(
     attn = attention(q, k, v, pe, attn_mask)
     output = block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
     if proj_lora is not None:
-        output = output + proj_lora(output, lora_strength)
+        output = _add(output, proj_lora(output, lora_strength))
     x = x + output * mod.gate
     if x.dtype == torch.float16:
         x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
