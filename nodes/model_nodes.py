@@ -6,8 +6,10 @@ import os
 import folder_paths
 from comfy_api.v0_0_2 import io
 
-from ..lumix_core import MAP_NAMES, SOURCE_MAP, CheckpointError, load_checkpoint, map_index
+from ..lumix_core import MAP_NAMES, SOURCE_MAP, CheckpointError, map_index
 from . import categories
+from .adapter_memory import ADAPTER_DTYPES, resolve_adapter_dtype
+from .checkpoint_cache import CheckpointCache
 from .flux_model import NotFluxError, block_counts, flux_diffusion_model
 from .patch import apply_lumix, lumix_settings
 
@@ -37,22 +39,7 @@ def checkpoint_path(name: str) -> str:
     return path
 
 
-class _CheckpointCache:
-    """The last checkpoint read, so changing strength does not re-read 500 MB from disk."""
-
-    def __init__(self):
-        self.key, self.value = None, None
-
-    def get(self, path):
-        stat = os.stat(path)
-        key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
-        if key != self.key:
-            checkpoint = load_checkpoint(path)
-            self.value, self.key = (checkpoint, checkpoint.build_adapters()), key
-        return self.value
-
-
-_CACHE = _CheckpointCache()
+_CACHE = CheckpointCache()
 
 
 def _user_error(exc: Exception) -> ValueError:
@@ -114,24 +101,38 @@ class LumiXTensorLoRALoader(io.ComfyNode):
                 io.Boolean.Input("query_broadcast", default=True,
                                  tooltip="Share the color map's query across the maps of a scene, as LumiX was "
                                          "trained. Leave on for the released checkpoint."),
+                io.Combo.Input("adapter_dtype", options=list(ADAPTER_DTYPES), default="auto", optional=True,
+                               tooltip="The dtype the adapters are kept in (one copy, loaded and offloaded by "
+                                       "ComfyUI with the model). auto: float32 for a float32 model, else bfloat16, "
+                                       "as the reference runs them (half the memory of float32). The merged "
+                                       "weight is formed in float32 either way."),
             ],
             outputs=[io.Model.Output(tooltip="A patched copy; the input model is left as it was.")],
         )
 
     @classmethod
-    def execute(cls, model, lumix_name, strength, query_broadcast) -> io.NodeOutput:
+    def execute(cls, model, lumix_name, strength, query_broadcast, adapter_dtype="auto") -> io.NodeOutput:
+        error = None
         try:
             diffusion_model = flux_diffusion_model(model)
-            checkpoint, adapters = _CACHE.get(checkpoint_path(lumix_name))
-            checkpoint.validate_for_model(diffusion_model.hidden_size, *block_counts(diffusion_model))
-        except (NotFluxError, CheckpointError, FileNotFoundError) as exc:
-            raise _user_error(exc) from None
+            dtype = resolve_adapter_dtype(adapter_dtype, model)
+
+            def check(checkpoint):
+                checkpoint.validate_for_model(diffusion_model.hidden_size, *block_counts(diffusion_model))
+
+            loaded = _CACHE.get(checkpoint_path(lumix_name), dtype, model.load_device, model.offload_device, check)
+        except (NotFluxError, CheckpointError, FileNotFoundError, ValueError) as exc:
+            error = str(exc)  # only the message: the traceback would keep a refused file's tensors alive
+        if error is not None:
+            raise ValueError(f"LumiX: {error}")
+        checkpoint = loaded.checkpoint
         current = lumix_settings(model)
         if current is not None and current.query_broadcast and current.maps_per_scene != checkpoint.num_maps:
             raise ValueError(
                 f"LumiX: {lumix_name} was trained for {checkpoint.num_maps} maps per scene, but the "
                 f"Query-Broadcast node before it set {current.maps_per_scene}; set it to {checkpoint.num_maps}.")
-        changes = dict(adapters=adapters, strength=float(strength), checkpoint_name=lumix_name,
+        changes = dict(adapters=loaded.adapters, adapter_model=loaded.model, strength=float(strength),
+                       checkpoint_name=lumix_name,
                        maps_per_scene=checkpoint.num_maps)
         if query_broadcast:
             changes["query_broadcast"] = True

@@ -28,6 +28,9 @@ class LumiXSettings:
     query_broadcast: bool = False
     # {(kind, index): {"kv_tt_lora": TensorLoRA, "proj_tt_lora": TensorLoRA}}, shared, read-only
     adapters: dict | None = None
+    # the ModelPatcher holding `adapters` for ComfyUI's memory manager (nodes/adapter_memory.py);
+    # None where a caller supplies adapters it moves itself
+    adapter_model: object | None = None
     strength: float = 1.0
     checkpoint_name: str | None = None
 
@@ -65,9 +68,11 @@ class LumiXBlockPatch:
         return self  # immutable but for device moves of shared adapters, see `to`
 
     def to(self, device_or_dtype):
-        # ComfyUI calls this with the load/offload device and with the model dtype. Only devices
-        # are followed: the adapters compute in the activations' dtype (fp8 storage would ruin them).
-        if isinstance(device_or_dtype, torch.device):
+        # ComfyUI calls this with the load/offload device and with the model dtype. Adapters held by
+        # an adapter model are moved by ComfyUI's memory manager (see `models`), within its budget.
+        # Otherwise only devices are followed: the adapters compute in the activations' dtype (fp8
+        # storage would ruin them).
+        if isinstance(device_or_dtype, torch.device) and self.settings.adapter_model is None:
             kv, proj = self.settings.adapters_for(self.kind, self.index)
             for adapter in (kv, proj):
                 if adapter is not None and adapter.G1.device != device_or_dtype:
@@ -75,6 +80,14 @@ class LumiXBlockPatch:
         if self.inner is not None and hasattr(self.inner, "to"):
             self.inner = self.inner.to(device_or_dtype)
         return self
+
+    def models(self):
+        """The adapters' ModelPatcher, which load_models_gpu loads and offloads with the model."""
+        kv, proj = self.settings.adapters_for(self.kind, self.index)
+        inner = self.inner.models() if hasattr(self.inner, "models") else []
+        if self.settings.adapter_model is None or (kv is None and proj is None):
+            return inner
+        return [self.settings.adapter_model] + inner
 
     def __call__(self, args, extra):
         if self.inner is not None:  # another extension's patch on this block: LumiX runs as its original

@@ -33,8 +33,8 @@ def lumix_dir(tmp_path_factory):
     return folder
 
 
-def load(model, name="tiny_lumix.safetensors", strength=1.0, query_broadcast=True):
-    return Loader.execute(model, name, strength, query_broadcast).result[0]
+def load(model, name="tiny_lumix.safetensors", strength=1.0, query_broadcast=True, **optional):
+    return Loader.execute(model, name, strength, query_broadcast, **optional).result[0]
 
 
 def adapters_by_hand(path):
@@ -57,6 +57,9 @@ def test_nodes_in_object_info_with_the_contracted_inputs(lumix_dir):
     assert "tiny_lumix.safetensors" in options and "broken.safetensors" in options
     assert required["strength"][1]["default"] == 1.0 and required["strength"][1]["min"] < 0
     assert required["query_broadcast"][1]["default"] is True
+    optional = info["input"]["optional"]  # optional, so saved workflows and API prompts keep working
+    assert list(optional) == ["adapter_dtype"] and optional["adapter_dtype"][1]["default"] == "auto"
+    assert optional["adapter_dtype"][1]["options"] == ["auto", "bfloat16", "float16", "float32"]
     assert info["output"] == ["MODEL"]
     qb = QueryBroadcast.GET_NODE_INFO_V1()
     assert qb["display_name"] == "LumiX Query-Broadcast Attention"
@@ -184,10 +187,12 @@ def test_bf16_model_runs_in_bf16_and_dtype_moves_are_ignored(lumix_dir):
     base32 = tiny_flux(seed=16)
     base16 = tiny_flux(seed=16, dtype=torch.bfloat16)
     p32, p16 = load(base32), load(base16)
-    p16.model_patches_to(torch.bfloat16)  # what ComfyUI does when it loads the model
+    p16.model_patches_to(torch.float16)  # what ComfyUI does with the model dtype when it loads the model
     p16.model_patches_to(torch.device("cpu"))
     settings = extension_module().nodes.patch.lumix_settings(p16)
-    assert next(iter(settings.adapters.values()))["kv_tt_lora"].G2.dtype == torch.float32
+    # adapter_dtype "auto": bfloat16 for a bf16 model, as the reference runs them; dtype moves ignored
+    assert next(iter(settings.adapters.values()))["kv_tt_lora"].G2.dtype == torch.bfloat16
+    assert next(iter(extension_module().nodes.patch.lumix_settings(p32).adapters.values()))["kv_tt_lora"].G2.dtype == torch.float32
     inputs = model_inputs(5, seed=17)
     out16 = run_model(p16, model_inputs(5, seed=17, dtype=torch.bfloat16))
     out32 = run_model(p32, inputs)
