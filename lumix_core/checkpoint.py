@@ -10,16 +10,17 @@ M, R and the widths come from the shapes; alpha from the metadata (1.0 when abse
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .maps import CHECKPOINT_MAP_NAMES
+from .maps import CHECKPOINT_MAP_NAMES, MAP_COUNT
+from .safetensors_header import HeaderError, read_header
 from .tensor_lora import TensorLoRA
 
 FORMAT_NAME = "lumix-tensor-lora"
@@ -27,6 +28,16 @@ FORMAT_VERSION = "1"
 BLOCK_KINDS = ("double_blocks", "single_blocks")
 ADAPTER_NAMES = ("kv_tt_lora", "proj_tt_lora")
 FACTOR_NAMES = ("G1", "G2", "G3")
+
+# What a loadable checkpoint may hold. Trained factors are of order 1 and alpha of order R; values far
+# beyond these bounds overflow in bf16/fp16 and turn every output into NaN, so they are refused.
+MAX_FACTOR_MAGNITUDE = 1e4
+MAX_ALPHA = 1e4
+MAX_CHECKPOINT_RANK = 64  # R; G2 alone is M*hidden*R*R values (R=64: 63M per adapter at FLUX width)
+# dtypes kept as they are; float8 is widened to bfloat16 on load (exact: bf16 holds every fp8 value)
+KEPT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+WIDENED_DTYPES = {getattr(torch, n): torch.bfloat16 for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)}
+WIDENED_DTYPES[torch.float64] = torch.float32
 
 _KEY = re.compile(
     r"^(?P<prefix>.*?)(?P<kind>double_blocks|single_blocks)\.(?P<index>\d+)\.processor\."
@@ -98,7 +109,19 @@ class LumiXCheckpoint:
                 for block, factors in self.adapters.items()}
 
     def validate_for_model(self, hidden_size: int, double_blocks: int, single_blocks: int) -> None:
-        """Refuse a checkpoint that does not fit a model of these sizes, naming the first bad key."""
+        """Refuse a checkpoint that does not fit a model of these sizes, naming the first bad key.
+
+        The LumiX nodes sample MAP_COUNT maps per scene (albedo, irradiance, color, depth, normal), so a
+        checkpoint trained for another map count cannot be used by them: refused here, at load.
+        """
+        if self.num_maps != MAP_COUNT:
+            kind, index = sorted(self.adapters)[0]
+            raise CheckpointError(
+                f"this checkpoint mixes {self.num_maps} maps per scene (first key: {self.prefix}{kind}.{index}."
+                f"processor.kv_tt_lora.G1, shape [{self.num_maps}, {self.num_maps}, {self.rank}]), but the LumiX "
+                f"sampler makes {MAP_COUNT} maps per scene (albedo, irradiance, color, depth, normal). Use a "
+                f"{MAP_COUNT}-map checkpoint such as the released lumix.safetensors, or train one with "
+                f"{MAP_COUNT} maps.")
         if self.hidden_size != hidden_size:
             kind, index = sorted(self.adapters)[0]
             raise CheckpointError(
@@ -117,35 +140,11 @@ class LumiXCheckpoint:
 
 
 def _read_header(path: str) -> dict:
-    """Parse the safetensors header ourselves to tell 'not safetensors' from 'truncated'."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is not a safetensors file ({size} bytes, too short for a header). "
-                                  "Download lumix.safetensors again.")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(size - 8, 100_000_000):
-            raise CheckpointError(
-                f"{path} is not a safetensors file (or its header is cut off): its first bytes give "
-                f"a header of {header_len} bytes in a {size}-byte file. Use the .safetensors file of "
-                "the LumiX release, not a .ckpt/.bin/.pt file.")
-        raw = f.read(header_len)
+    """The safetensors header, every entry checked before safetensors' own parser sees it."""
     try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a safetensors file (its header is not valid JSON: {exc}). "
-                              "Use the .safetensors file of the LumiX release.") from None
-    data_len = size - 8 - header_len
-    end = max((max(v["data_offsets"]) for k, v in header.items()
-               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
-    if end > data_len:
-        raise CheckpointError(
-            f"{path} is truncated: its header promises {end} bytes of tensor data but the file holds "
-            f"{data_len}. The download or copy was cut off; fetch the file again.")
-    return header
+        return read_header(path)[0]
+    except HeaderError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _group_keys(keys) -> tuple[str, dict]:
@@ -217,6 +216,14 @@ def _assemble(tensors, grouped, prefix, metadata) -> LumiXCheckpoint:
                 raise CheckpointError(
                     f"{stem} has inconsistent shapes G1 {tuple(g1.shape)}, G2 {tuple(g2.shape)}, "
                     f"G3 {tuple(g3.shape)}; expected G1 [M,M,R], G2 [M,d_in,R,R], G3 [M,d_out,R].")
+            if min(M, R, g2.shape[1]) == 0:
+                raise CheckpointError(
+                    f"{stem} is empty (G1 {tuple(g1.shape)}, G2 {tuple(g2.shape)}: {M} maps, rank {R}, width "
+                    f"{g2.shape[1]}); a LumiX adapter needs at least one map, rank 1 and a width. The file is "
+                    "damaged or was written by another tool.")
+            if R > MAX_CHECKPOINT_RANK:
+                raise CheckpointError(f"{stem} has rank {R}; this loader supports ranks 1 to {MAX_CHECKPOINT_RANK} "
+                                      "(the released checkpoint has 8). Use a lower-rank checkpoint.")
             if reference is None:
                 reference = (stem, M, R)
             elif (M, R) != reference[1:]:
@@ -232,21 +239,49 @@ def _assemble(tensors, grouped, prefix, metadata) -> LumiXCheckpoint:
                     "(kv_tt_lora: hidden to 2*hidden, proj_tt_lora: hidden to hidden, one hidden width "
                     "in every block).")
             hidden = width
-            for name, t in zip(FACTOR_NAMES, (g1, g2, g3)):
-                if not t.is_floating_point():
-                    raise CheckpointError(f"{stem}.{name} has dtype {t.dtype}; LumiX factors are floating point.")
-                if not torch.isfinite(t).all():
-                    raise CheckpointError(f"{stem}.{name} contains NaN or Inf values: the file is damaged "
-                                          "or came from a diverged training run.")
+            g1, g2, g3 = (_checked_factor(f"{stem}.{name}", t) for name, t in zip(FACTOR_NAMES, (g1, g2, g3)))
             adapters.setdefault(block, {})[adapter] = AdapterFactors(g1, g2, g3)
-    try:
-        alpha = float(metadata.get("alpha", 1.0))
-    except ValueError:
-        raise CheckpointError(f"the checkpoint's metadata alpha={metadata.get('alpha')!r} is not a number.") from None
+    alpha = _checked_alpha(metadata.get("alpha", 1.0))
+    if "num_maps" in metadata and str(metadata["num_maps"]) != str(reference[1]):
+        raise CheckpointError(f"the metadata says {metadata['num_maps']} maps but the tensors have {reference[1]}: "
+                              "the file is inconsistent; re-save it or use another checkpoint.")
     if "rank" in metadata and str(metadata["rank"]) != str(reference[2]):
         raise CheckpointError(f"the metadata says rank {metadata['rank']} but the tensors have rank {reference[2]}.")
     return LumiXCheckpoint(num_maps=reference[1], rank=reference[2], hidden_size=hidden, alpha=alpha,
                            adapters=adapters, prefix=prefix, metadata=dict(metadata))
+
+
+def _checked_factor(key: str, t: torch.Tensor) -> torch.Tensor:
+    """A factor in a dtype the adapters compute with, finite and of sane magnitude."""
+    if t.dtype in WIDENED_DTYPES:
+        t = t.to(WIDENED_DTYPES[t.dtype])
+    elif t.dtype not in KEPT_DTYPES:
+        raise CheckpointError(f"{key} has dtype {t.dtype}; LumiX factors are float32, float16 or bfloat16 "
+                              "(float8 and float64 are converted on load). Re-save the checkpoint in one of those.")
+    if not torch.isfinite(t).all():
+        raise CheckpointError(f"{key} contains NaN or Inf values: the file is damaged "
+                              "or came from a diverged training run.")
+    peak = float(t.abs().max()) if t.numel() else 0.0
+    if peak > MAX_FACTOR_MAGNITUDE:
+        raise CheckpointError(f"{key} holds values up to {peak:.3g}; LumiX factors stay far below "
+                              f"{MAX_FACTOR_MAGNITUDE:g}, and such values overflow to NaN in half precision. The file "
+                              "is damaged or came from a diverged training run: use another checkpoint.")
+    return t
+
+
+def _checked_alpha(raw) -> float:
+    """alpha from the metadata: finite, positive and at most MAX_ALPHA (it scales every adapter)."""
+    try:
+        alpha = float(raw)
+    except (TypeError, ValueError):
+        alpha = None
+    if alpha is None or not math.isfinite(alpha) or not 0.0 < alpha <= MAX_ALPHA:
+        problem = "is not a number" if alpha is None else "is out of range"
+        raise CheckpointError(
+            f"the checkpoint's metadata alpha={raw!r} {problem}: alpha scales every adapter by "
+            f"alpha/sqrt(R) and must be a number in (0, {MAX_ALPHA:g}] (1.0 when absent). Fix or remove the "
+            "'alpha' metadata entry (save_checkpoint(..., alpha=1.0) rewrites it), or use another checkpoint.")
+    return alpha
 
 
 def checkpoint_key(kind: str, index: int, adapter: str, factor: str, prefix: str = "") -> str:

@@ -14,6 +14,7 @@ import latent_preview
 from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
+from ..lumix_core.given_maps import check_given_map
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps
 from .flux_model import NotFluxError, flux_diffusion_model
 from . import categories
@@ -59,6 +60,7 @@ def _check_inputs(model, width, height, scenes, given):
         raise ValueError("LumiX: all five maps are given, so there is nothing to generate. Disconnect the "
                          "map(s) you want the sampler to produce (for photo decomposition, give only color).")
     for name, image in given.items():
+        given[name] = image = check_given_map(name, image, (width, height))  # normalised in place: RGB 0..1
         if image.ndim != 4:
             raise ValueError(f"LumiX: the {name} input is not an IMAGE batch (shape {tuple(image.shape)}).")
         if image.shape[0] != scenes:

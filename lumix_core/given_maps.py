@@ -1,0 +1,112 @@
+"""Checking and normalising a given map (an IMAGE batch [n, H, W, C]) before the sampler encodes it.
+
+One NaN pixel in a given map would spread through query broadcast into every map of its scene, and
+resize/VAE code fails with internal messages on odd shapes, so every given map passes here first.
+The rules (stated once, in GIVEN_MAP_RULES, and shown in the sampler's tooltips/README):
+
+- floating-point values only; NaN or Inf anywhere is refused, naming the map and the scene;
+- values must lie in 0..1. Resampling overshoot up to RANGE_TOLERANCE beyond that is clamped; anything
+  further is refused, with advice matched to what the image looks like (0-255, -1..1, HDR);
+  nothing is rescaled silently, because a guess (e.g. dividing by 255) would be wrong for HDR input;
+- channels: 1 (grey) -> repeated to RGB; 2 (grey + alpha) -> grey repeated, alpha dropped; 3 (RGB) as
+  is; 4 (RGBA) -> alpha dropped; any other count is refused;
+- sizes: at least MIN_SIDE pixels per side, and, when the target size is known, the centre crop to the
+  target's aspect ratio must keep at least MIN_SIDE pixels per side (a 1000x1 strip cannot cover 512x512).
+"""
+from __future__ import annotations
+
+import torch
+
+RANGE_TOLERANCE = 0.05  # bicubic/lanczos resizing can overshoot 0..1 by a few percent
+MIN_SIDE = 16           # one FLUX latent patch: 8x VAE downsampling, 2x2 patches
+GIVEN_MAP_RULES = (f"values 0..1 (overshoot up to {RANGE_TOLERANCE:g} clamped, NaN/Inf and other ranges refused); "
+                   "grey -> RGB, alpha dropped; at least 16 px per side")
+
+
+class GivenMapError(ValueError):
+    """A given map the sampler cannot use; the message names the map, the scene and what to do."""
+
+
+def _scene_label(index: int, scenes: int) -> str:
+    return f"scene {index + 1} of {scenes} (batch index {index})"
+
+
+def _check_values(name: str, image: torch.Tensor) -> None:
+    n = image.shape[0]
+    finite = torch.isfinite(image)
+    if not finite.all():
+        bad = (~finite).flatten(1).sum(1)
+        scene = int(torch.nonzero(bad)[0])
+        nans = int(torch.isnan(image[scene]).sum())
+        raise GivenMapError(
+            f"LumiX: the given {name} map of {_scene_label(scene, n)} has {int(bad[scene])} non-finite "
+            f"value(s) ({nans} NaN, {int(bad[scene]) - nans} Inf). The sampler would spread them into every "
+            f"map of the scene. Fix or replace the node that made this image (or load the image from a file).")
+    low, high = float(image.min()), float(image.max())
+    if low >= -RANGE_TOLERANCE and high <= 1.0 + RANGE_TOLERANCE:
+        return
+    per_scene_high = image.flatten(1).amax(1)
+    per_scene_low = image.flatten(1).amin(1)
+    scene = int(torch.nonzero((per_scene_high > 1.0 + RANGE_TOLERANCE) | (per_scene_low < -RANGE_TOLERANCE))[0])
+    if low >= 0.0 and high <= 255.0 and float((image > 1.0).float().mean()) > 0.5:  # most pixels above 1
+        advice = ("This looks like a 0-255 image; ComfyUI images hold 0..1. Divide it by 255 "
+                  "(or load the file with Load Image).")
+    elif low >= -1.0 - RANGE_TOLERANCE and high <= 1.0 + RANGE_TOLERANCE:
+        advice = "This looks like a -1..1 image; map it to 0..1 with (x + 1) / 2."
+    else:
+        advice = "Tone-map or clamp it to 0..1 (an HDR or data image is not a map the VAE can encode)."
+    raise GivenMapError(
+        f"LumiX: the given {name} map holds values from {low:.4g} to {high:.4g} (first out of range: "
+        f"{_scene_label(scene, n)}); the sampler takes 0..1. {advice}")
+
+
+def _to_rgb(name: str, image: torch.Tensor) -> torch.Tensor:
+    channels = image.shape[-1]
+    if channels in (1, 2):
+        return image[..., :1].expand(*image.shape[:-1], 3)
+    if channels in (3, 4):
+        return image[..., :3]
+    raise GivenMapError(f"LumiX: the given {name} map has {channels} channels; the sampler takes grey (1), "
+                        "grey+alpha (2), RGB (3) or RGBA (4) images. Convert it to RGB first.")
+
+
+def _check_size(name: str, height: int, width: int, target: tuple[int, int] | None) -> None:
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise GivenMapError(f"LumiX: the given {name} map is {width}x{height} pixels; a map needs at least "
+                            f"{MIN_SIDE} pixels on each side. Connect the full image, not a strip or an empty one.")
+    if target is None:
+        return
+    target_width, target_height = target
+    # what a centre crop to the target's aspect ratio keeps (the sampler's resize policy)
+    if width * target_height > height * target_width:
+        kept = (height * target_width / target_height, height)
+    else:
+        kept = (width, width * target_height / target_width)
+    if min(kept) < MIN_SIDE:
+        raise GivenMapError(
+            f"LumiX: the given {name} map is {width}x{height}; cropping it to the sampler's {target_width}x"
+            f"{target_height} aspect ratio keeps only {kept[0]:.0f}x{kept[1]:.0f} pixels. Set width and "
+            f"height to the image's aspect ratio (e.g. {width}x{height} rounded to multiples of 16), or "
+            "crop the image to the sampler's.")
+
+
+def check_given_map(name: str, image, target: tuple[int, int] | None = None) -> torch.Tensor:
+    """A given IMAGE batch checked and normalised to float [n, H, W, 3] in 0..1 (see the module's rules).
+
+    target: (width, height) the map will be resized to, to check the centre crop keeps enough of it.
+    Raises GivenMapError naming the map, the scene and what to do.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise GivenMapError(f"LumiX: the given {name} input is not an IMAGE batch [images, height, width, "
+                            f"channels] (got {shape}). Connect an IMAGE output (e.g. Load Image).")
+    n, height, width, _ = image.shape
+    if n == 0:
+        raise GivenMapError(f"LumiX: the given {name} input is an empty batch (0 images); connect one image per scene.")
+    if not image.is_floating_point():
+        raise GivenMapError(f"LumiX: the given {name} map has dtype {image.dtype}; ComfyUI images are float 0..1. "
+                            "Convert it (divide 8-bit values by 255).")
+    _check_size(name, height, width, target)
+    rgb = _to_rgb(name, image)
+    _check_values(name, rgb)
+    return rgb.float().clamp(0.0, 1.0)
