@@ -61,3 +61,14 @@ def interleave_maps(per_map: Sequence[torch.Tensor]) -> torch.Tensor:
     """[scenes*M, ...] from M tensors of [scenes, ...]; the inverse of split_maps."""
     stacked = torch.stack(list(per_map), dim=1)
     return stacked.reshape(-1, *stacked.shape[2:])
+
+
+def tile_scene(batch: torch.Tensor, scene: int = 0, maps_per_scene: int = MAP_COUNT) -> torch.Tensor:
+    """[1, C, H, M*W]: the M maps of one scene of a [scenes*M, C, H, W] batch side by side, in map
+    order (a preview of all maps forming together). A batch shorter than one scene is returned whole."""
+    if batch.shape[0] < maps_per_scene:
+        return batch[:1]
+    scenes = check_grouped_batch(batch.shape[0], maps_per_scene)
+    scene = min(max(scene, 0), scenes - 1)
+    group = batch[scene * maps_per_scene:(scene + 1) * maps_per_scene]
+    return torch.cat(list(group), dim=-1).unsqueeze(0)

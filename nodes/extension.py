@@ -7,6 +7,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .model_nodes import LumiXQueryBroadcast, LumiXTensorLoRALoader, register_model_folder
 from .map_tool_nodes import LumiXConsistency, LumiXDepthColormap, LumiXNormalFlip, LumiXRelight, LumiXSaveMaps
+from .composable_nodes import LumiXEmptyLatent, LumiXHoldMaps, LumiXNoise, LumiXReferenceSigmas, LumiXSplitMaps
 from .sampler_node import LumiXSampler
 
 
@@ -14,7 +15,8 @@ class LumiXExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LumiXQueryBroadcast, LumiXTensorLoRALoader, LumiXSampler, LumiXConsistency, LumiXRelight,
-                LumiXSaveMaps, LumiXDepthColormap, LumiXNormalFlip]
+                LumiXSaveMaps, LumiXDepthColormap, LumiXNormalFlip,
+                LumiXEmptyLatent, LumiXNoise, LumiXReferenceSigmas, LumiXHoldMaps, LumiXSplitMaps]
 
 
 async def comfy_entrypoint() -> LumiXExtension:

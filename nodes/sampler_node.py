@@ -1,80 +1,55 @@
-"""LumiX Intrinsic Sampler: five batched latents per scene, per-map timesteps, five image outputs."""
+"""LumiX Intrinsic Sampler: the all-in-one node. A thin composition of the steps in sampling_steps
+(the same ones the composable nodes run): empty latent, given maps held, scene noise, sigmas,
+sampling with the five-map preview, decoding into the five maps."""
 from __future__ import annotations
-
-import logging
 
 import torch
 
 import comfy.model_management
-import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
 import comfy.utils
-import latent_preview
 from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
-from ..lumix_core.given_maps import check_given_map
-from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps
-from .flux_model import NotFluxError, flux_diffusion_model
+from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
 from . import categories
-from .patch import lumix_settings
+from .sampling_steps import (
+    HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
+    SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_lumix_model, decode_maps, empty_latent,
+    five_map_callback, hold_given_maps, prepare_given_map, resize_maps, sampling_sigmas, warn_user)
 
-_LOG = logging.getLogger("LumiX")
-HELD_MAPS_WRAPPER_KEY = "lumix_held_maps"
-RESIZE_POLICY = "resized to cover width x height (bicubic) and centre-cropped; alpha is dropped"
-
-
-class HeldMapsWrapper:
-    """APPLY_MODEL wrapper: held maps enter the model as their clean latent at timestep 0.
-
-    With sigma 0 the model's denoised output for them is exactly that clean latent, so the
-    sampler never pulls them anywhere; every other map is sampled as usual, in the same batch.
-    """
-
-    def __init__(self, held: torch.Tensor, clean: torch.Tensor):
-        self.held, self.clean = held, clean
-
-    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        x, t = hold_maps(x, t, self.held, self.clean)
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-
-
-def _prepare_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """[n, H, W, C] in 0..1 -> [n, height, width, 3], RESIZE_POLICY."""
-    rgb = image[..., :3]
-    if rgb.shape[1] != height or rgb.shape[2] != width:
-        rgb = comfy.utils.common_upscale(rgb.movedim(-1, 1), width, height, "bicubic", "center").movedim(1, -1)
-    return rgb.clamp(0.0, 1.0)
+SIZE_FROM_GIVEN = "from the given map (aspect kept, area budget)"
+SIZE_EXPLICIT = "width x height"
+SIZES = [SIZE_FROM_GIVEN, SIZE_EXPLICIT]
+OUTPUT_SAMPLED = "sampled size"
+OUTPUT_ORIGINAL = "given map's original size"
+OUTPUT_SIZES = [OUTPUT_SAMPLED, OUTPUT_ORIGINAL]
+SCHEDULE_TOOLTIP = (
+    "reference: the sigmas of the LumiX reference for this node's width x height and steps (its FLUX shift, "
+    "exact for every step count; the `scheduler` input is then unused). 'model sampling + scheduler': the "
+    "model's own ModelSamplingFlux shift with the `scheduler` input, as KSampler does.")
 
 
 def _check_inputs(model, width, height, scenes, given):
-    try:
-        flux_diffusion_model(model)
-    except NotFluxError as exc:
-        raise ValueError(f"LumiX: {exc}") from None
+    """Refuses what cannot run (given maps are normalised in place first, before any size is derived
+    from them); returns a warning for the user or None."""
+    warning = check_lumix_model(model)
+    check_given_maps(given, scenes)
     if width % 16 or height % 16:
         raise ValueError(f"LumiX: width and height must be multiples of 16 (got {width}x{height}); "
                          f"try {round(width / 16) * 16}x{round(height / 16) * 16}.")
-    if len(given) == MAP_COUNT:
-        raise ValueError("LumiX: all five maps are given, so there is nothing to generate. Disconnect the "
-                         "map(s) you want the sampler to produce (for photo decomposition, give only color).")
-    for name, image in given.items():
-        given[name] = image = check_given_map(name, image, (width, height))  # normalised in place: RGB 0..1
-        if image.ndim != 4:
-            raise ValueError(f"LumiX: the {name} input is not an IMAGE batch (shape {tuple(image.shape)}).")
-        if image.shape[0] != scenes:
-            raise ValueError(f"LumiX: the {name} input holds {image.shape[0]} image(s) but scenes is {scenes}; "
-                             f"each image is one scene, so set scenes to {image.shape[0]} (or batch "
-                             f"{scenes} images).")
-    settings = lumix_settings(model)
-    if settings is not None and settings.maps_per_scene != MAP_COUNT:
-        raise ValueError(f"LumiX: the model is patched for {settings.maps_per_scene} maps per scene; the "
-                         f"sampler makes {MAP_COUNT}. Set maps_per_scene to {MAP_COUNT}.")
-    if settings is None or (not settings.query_broadcast and not settings.adapters):
-        _LOG.warning("LumiX Intrinsic Sampler: the model is not patched by a LumiX node, so the five maps "
-                     "are sampled independently and will NOT be aligned. Add 'LumiX Tensor LoRA Loader' "
-                     "between the model loader and this sampler.")
+    return warning
+
+
+def sampled_size(given, width, height, size_from, area_width, area_height):
+    """(width, height) to sample at: the first given map's aspect within the area budget, or width x height."""
+    if given and size_from == SIZE_FROM_GIVEN:
+        first = next(iter(given.values()))
+        return size_for_photo(first.shape[2], first.shape[1], area_width, area_height)
+    if size_from not in SIZES:
+        raise ValueError(f"LumiX: unknown held_maps_size {size_from!r}; choose one of {SIZES}.")
+    return width, height
 
 
 class LumiXSampler(io.ComfyNode):
@@ -84,7 +59,7 @@ class LumiXSampler(io.ComfyNode):
             io.Image.Input(spec.name, optional=True,
                            tooltip=f"Optional {spec.name} ({spec.meaning}). A given map is held clean (VAE-encoded, "
                                    f"timestep 0, never updated) and the others are generated around it; one "
-                                   f"image per scene, {RESIZE_POLICY}.")
+                                   f"image per scene.")
             for spec in MAPS
         ]
         return io.Schema(
@@ -92,71 +67,98 @@ class LumiXSampler(io.ComfyNode):
             display_name="LumiX Intrinsic Sampler",
             category=categories.SAMPLING,
             description="Samples the five LumiX maps of each scene together (albedo, irradiance, color, depth, "
-                        "normal). Connect a color image to decompose a photo; leave all maps unconnected to "
-                        "generate from text.",
+                        "normal) with the reference's schedule. Connect a color image to decompose a photo; leave "
+                        "all maps unconnected to generate from text. The preview shows the five maps of the first "
+                        "scene side by side.",
             inputs=[
                 io.Model.Input("model", tooltip="FLUX.1-dev patched by the LumiX Tensor LoRA Loader."),
                 io.Conditioning.Input("positive", tooltip="The scene prompt (through FluxGuidance 3.5 as the reference)."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt for true CFG; ignored when cfg is 1.0."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt for true CFG; unused when cfg is 1.0 and, "
+                                                          "by default, when maps are given."),
                 io.Vae.Input("vae", tooltip="The FLUX VAE (ae.safetensors)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Scene s of the batch uses seed + s, so a scene can be re-made alone."),
                 io.Int.Input("steps", default=50, min=1, max=10000, tooltip="50 as the reference."),
                 io.Float.Input("cfg", default=3.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="True classifier-free guidance (3.0 as the reference). 1.0 skips the negative "
-                                       "pass; use 1.0 for photo decomposition, as the reference does."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler"),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple"),
-                io.Int.Input("width", default=512, min=16, max=4096, step=16, tooltip="Multiple of 16; LumiX was trained at 512."),
-                io.Int.Input("height", default=512, min=16, max=4096, step=16, tooltip="Multiple of 16; LumiX was trained at 512."),
+                               tooltip="True classifier-free guidance for text to maps (3.0 as the reference). "
+                                       "1.0 skips the negative pass. With given maps the reference runs no CFG: "
+                                       "see held_maps_guidance."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
+                               tooltip="euler as the reference; every ComfyUI sampler works."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
+                               tooltip="Used only with schedule 'model sampling + scheduler'."),
+                io.Int.Input("width", default=512, min=16, max=4096, step=16,
+                             tooltip="Multiple of 16; LumiX was trained at 512. With given maps the size comes "
+                                     "from the map by default (see held_maps_size)."),
+                io.Int.Input("height", default=512, min=16, max=4096, step=16,
+                             tooltip="Multiple of 16; LumiX was trained at 512."),
                 io.Int.Input("scenes", default=1, min=1, max=64, tooltip="Scenes per run; each makes five maps."),
                 io.Boolean.Input("shared_noise", default=True,
                                  tooltip="Start every map of a scene from the same noise, as the reference does."),
                 *map_inputs,
+                io.Combo.Input("schedule", options=SCHEDULES, default=SCHEDULE_REFERENCE, optional=True,
+                               tooltip=SCHEDULE_TOOLTIP),
+                io.Combo.Input("held_maps_guidance", options=HELD_GUIDANCE, default=HELD_GUIDANCE_REFERENCE,
+                               optional=True, tooltip=HELD_GUIDANCE_TOOLTIP),
+                io.Combo.Input("held_maps_size", options=SIZES, default=SIZE_FROM_GIVEN, optional=True,
+                               tooltip="With given maps: sample at the first given map's aspect ratio within "
+                                       "area_width x area_height (sides multiples of 16; a 4:3 photo gets the "
+                                       "reference's 1536x1152), or at width x height."),
+                io.Int.Input("area_width", default=REFERENCE_PHOTO_SIZE[0], min=16, max=8192, step=16, optional=True,
+                             tooltip="Area budget for held_maps_size 'from the given map' (the reference's 1536x1152)."),
+                io.Int.Input("area_height", default=REFERENCE_PHOTO_SIZE[1], min=16, max=8192, step=16, optional=True,
+                             tooltip="Area budget for held_maps_size 'from the given map'."),
+                io.Combo.Input("held_maps_resize", options=RESIZES, default=RESIZE_STRETCH, optional=True,
+                               tooltip=RESIZE_TOOLTIP),
+                io.Combo.Input("output_size", options=OUTPUT_SIZES, default=OUTPUT_SAMPLED, optional=True,
+                               tooltip="With given maps: return every map at the sampled size, or stretched back to "
+                                       "the given map's original size (the given map then comes back as given)."),
             ],
             outputs=[
                 *[io.Image.Output(f"{spec.name}_image", display_name=spec.name, tooltip=spec.meaning) for spec in MAPS],
                 io.Latent.Output("latent", display_name="latent",
                                  tooltip=f"All scenes x {MAP_COUNT} latents, map index fastest ({', '.join(MAP_NAMES)})."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, vae, seed, steps, cfg, sampler_name, scheduler, width, height,
-                scenes, shared_noise, albedo=None, irradiance=None, color=None, depth=None, normal=None) -> io.NodeOutput:
+                scenes, shared_noise, albedo=None, irradiance=None, color=None, depth=None, normal=None,
+                schedule=SCHEDULE_REFERENCE, held_maps_guidance=HELD_GUIDANCE_REFERENCE,
+                held_maps_size=SIZE_FROM_GIVEN, area_width=REFERENCE_PHOTO_SIZE[0],
+                area_height=REFERENCE_PHOTO_SIZE[1], held_maps_resize=RESIZE_STRETCH,
+                output_size=OUTPUT_SAMPLED) -> io.NodeOutput:
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
                  if image is not None}
-        _check_inputs(model, width, height, scenes, given)
+        warning = _check_inputs(model, width, height, scenes, given)
+        width, height = sampled_size(given, width, height, held_maps_size, area_width, area_height)
+        if warning:
+            warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
 
-        channels = model.get_model_object("latent_format").latent_channels
-        latent_shape = (channels, height // 8, width // 8)
-        batch = scenes * MAP_COUNT
-        latent = torch.zeros((batch, *latent_shape))
-        given_images = {name: _prepare_image(image, width, height) for name, image in given.items()}
-        for name, image in given_images.items():
-            encoded = vae.encode(image)
-            if tuple(encoded.shape[1:]) != latent_shape:
-                raise ValueError(f"LumiX: the VAE turned the {name} image into latents of shape "
-                                 f"{tuple(encoded.shape[1:])}, not {latent_shape}; connect the FLUX VAE (ae.safetensors).")
-            latent[MAP_NAMES.index(name)::MAP_COUNT] = encoded.to(latent)
-
-        noise = scene_noise(latent_shape, seed, scenes, MAP_COUNT, shared=shared_noise)
-        sampling_model = model
-        held = held_map_mask([name in given for name in MAP_NAMES], scenes)
-        if given:
-            sampling_model = model.clone()
-            clean = sampling_model.model.process_latent_in(latent)  # the model's own latent space
-            sampling_model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL,
-                                                HELD_MAPS_WRAPPER_KEY, HeldMapsWrapper(held, clean))
-
-        callback = latent_preview.prepare_callback(sampling_model, steps)
-        samples = comfy.sample.sample(sampling_model, noise, steps, cfg, sampler_name, scheduler, positive, negative,
-                                      latent, denoise=1.0, callback=callback,
-                                      disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        samples = samples.to(latent)
-        samples[held] = latent[held]  # exactly the encoding, not its round trip through the sampler
+        latent = empty_latent(model.get_model_object("latent_format").latent_channels, width, height, scenes)
+        given_images = {name: prepare_given_map(image, width, height, held_maps_resize) for name, image in given.items()}
+        model, latent = hold_given_maps(model, vae, latent, given_images, held_maps_guidance)
+        sigmas = sampling_sigmas(model, schedule, steps, width, height, sampler_name, scheduler)
+        samples = sample_maps(model, SceneNoise(seed, shared_noise), cfg, comfy.samplers.sampler_object(sampler_name),
+                              sigmas, positive, negative, latent)
 
         comfy.model_management.throw_exception_if_processing_interrupted()
-        decoded = split_maps(vae.decode(samples)[..., :3].clamp(0.0, 1.0), MAP_COUNT)
+        decoded = decode_maps(vae, samples)
         images = [given_images.get(name, decoded[name]).to(decoded[name]) for name in MAP_NAMES]
+        if given and output_size == OUTPUT_ORIGINAL:
+            first = next(iter(given.values()))
+            h, w = first.shape[1], first.shape[2]
+            images = [resize_maps(given[name][..., :3].clamp(0, 1).to(image) if name in given else image, w, h)
+                      for name, image in zip(MAP_NAMES, images)]
         return io.NodeOutput(*images, {"samples": samples})
+
+
+def sample_maps(model, noise, cfg, sampler, sigmas, positive, negative, latent: torch.Tensor) -> torch.Tensor:
+    """comfy.sample.sample_custom (what SamplerCustomAdvanced with a CFGGuider runs) with the five-map
+    preview and ComfyUI's progress bar; returns the sampled latent on the intermediate device."""
+    callback = five_map_callback(model, sigmas.shape[-1] - 1)
+    samples = comfy.sample.sample_custom(model, noise.generate_noise({"samples": latent}), cfg, sampler, sigmas,
+                                         positive, negative, latent, callback=callback,
+                                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise.seed)
+    return samples.to(latent)

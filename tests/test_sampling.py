@@ -60,3 +60,15 @@ def test_split_and_interleave_are_inverse():
     assert torch.equal(interleave_maps(list(maps.values())), batch)
     with pytest.raises(ValueError, match="not a multiple of 5"):
         split_maps(torch.zeros(4, 1))
+
+
+def test_tile_scene_puts_the_five_maps_of_a_scene_side_by_side():
+    from lumix_core.sampling import tile_scene
+    batch = torch.randn(10, 3, 2, 4)
+    tiled = tile_scene(batch, scene=1)
+    assert tiled.shape == (1, 3, 2, 20)
+    for i in range(5):
+        assert torch.equal(tiled[0, :, :, 4 * i:4 * (i + 1)], batch[5 + i])
+    assert torch.equal(tile_scene(batch[:3]), batch[:1])  # not a whole scene: the first latent, as ComfyUI
+    with pytest.raises(ValueError, match="not a multiple of 5"):
+        tile_scene(torch.zeros(7, 1, 1, 1))

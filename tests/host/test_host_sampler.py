@@ -23,26 +23,32 @@ def lumix_model(tmp_path_factory):
 
 
 class Spy:
-    """A keyed DIFFUSION_MODEL wrapper recording what every model call receives."""
+    """A keyed DIFFUSION_MODEL wrapper recording what every model call receives (x, timestep,
+    guidance, batch size, which conditions are batched); with `short_circuit` the model is not run."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, short_circuit=False):
+        self.calls, self.short_circuit = [], short_circuit
 
-    def __call__(self, executor, x, timestep, context, *args, **kwargs):
-        self.calls.append({"x": x.clone(), "t": timestep.clone(), "batch": x.shape[0]})
-        return executor(x, timestep, context, *args, **kwargs)
+    def __call__(self, executor, x, timestep, context, y=None, guidance=None, *args, **kwargs):
+        options = args[2] if len(args) > 2 else kwargs.get("transformer_options", {})  # after ref_latents, control
+        self.calls.append({"x": x.clone(), "t": timestep.clone(), "batch": x.shape[0],
+                           "guidance": None if guidance is None else guidance.clone(),
+                           "conds": list(options.get("cond_or_uncond", []))})
+        if self.short_circuit:
+            return torch.zeros_like(x)
+        return executor(x, timestep, context, y, guidance, *args, **kwargs)
 
 
-def spied(model):
-    spy, clone = Spy(), model.clone()
+def spied(model, short_circuit=False):
+    spy, clone = Spy(short_circuit), model.clone()
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_spy", spy)
     return clone, spy
 
 
 def sample(model, seed=0, steps=3, cfg=1.0, scenes=1, shared_noise=True, sampler="euler", scheduler="simple",
-           width=SIZE, height=SIZE, vae=None, **maps):
+           width=SIZE, height=SIZE, vae=None, held_maps_size="width x height", **kwargs):
     out = Sampler.execute(model, conditioning(1), conditioning(2), vae or TinyVAE(), seed, steps, cfg, sampler,
-                          scheduler, width, height, scenes, shared_noise, **maps)
+                          scheduler, width, height, scenes, shared_noise, held_maps_size=held_maps_size, **kwargs)
     return out.result
 
 
@@ -55,7 +61,15 @@ def test_schema_lists_the_contracted_sockets():
     assert info["display_name"] == "LumiX Intrinsic Sampler" and info["category"] == "LumiX/sampling"
     assert list(info["input"]["required"]) == ["model", "positive", "negative", "vae", "seed", "steps", "cfg",
                                                "sampler_name", "scheduler", "width", "height", "scenes", "shared_noise"]
-    assert list(info["input"]["optional"]) == list(MAP_NAMES)
+    assert list(info["input"]["optional"]) == list(MAP_NAMES) + [
+        "schedule", "held_maps_guidance", "held_maps_size", "area_width", "area_height", "held_maps_resize",
+        "output_size"]
+    opt = info["input"]["optional"]
+    assert opt["schedule"][1]["default"] == "reference"
+    assert opt["held_maps_guidance"][1]["default"] == "reference: guidance 1.0, no CFG"
+    assert "1.0" in opt["held_maps_guidance"][1]["tooltip"] and "no CFG" in opt["held_maps_guidance"][1]["tooltip"]
+    assert (opt["area_width"][1]["default"], opt["area_height"][1]["default"]) == (1536, 1152)
+    assert opt["held_maps_resize"][1]["default"].startswith("stretch")
     assert info["output"] == ["IMAGE"] * 5 + ["LATENT"]
     assert info["output_name"] == list(MAP_NAMES) + ["latent"]
     req = info["input"]["required"]
@@ -149,12 +163,16 @@ def test_other_samplers_and_schedulers_keep_held_maps(lumix_model, sampler, sche
     assert torch.isfinite(latent["samples"]).all()
 
 
-def test_resize_policy_and_alpha(lumix_model):
+def test_resize_policies_and_alpha(lumix_model):
     vae = TinyVAE()
-    rgba = photo(size=96, channels=4)
-    images = sample(lumix_model, steps=1, vae=vae, color=rgba)
-    expected = comfy.utils.common_upscale(rgba[..., :3].movedim(-1, 1), SIZE, SIZE, "bicubic", "center").movedim(1, -1).clamp(0, 1)
-    torch.testing.assert_close(images[2], expected)
+    rgba = torch.rand(1, 96, 80, 4, generator=torch.Generator().manual_seed(3))
+    rgb = rgba[..., :3].movedim(-1, 1)
+    images = sample(lumix_model, steps=1, vae=vae, color=rgba)  # default: stretch, as the reference
+    stretched = torch.nn.functional.interpolate(rgb, size=(SIZE, SIZE), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(images[2], stretched.movedim(1, -1).clamp(0, 1), rtol=1e-5, atol=1e-5)
+    images = sample(lumix_model, steps=1, vae=vae, color=rgba, held_maps_resize="cover and centre-crop")
+    covered = torch.nn.functional.interpolate(rgb[:, :, 8:88, :], size=(SIZE, SIZE), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(images[2], covered.movedim(1, -1).clamp(0, 1), rtol=1e-5, atol=1e-5)
     assert images[0].shape == (1, SIZE, SIZE, 3)
 
 
@@ -186,11 +204,26 @@ def test_progress_bar_and_cancel(lumix_model):
         comfy.model_management.interrupt_current_processing(False)
 
 
-def test_unpatched_model_runs_but_warns(caplog):
+class FakeServer:
+    def __init__(self):
+        self.texts = []
+
+    def send_progress_text(self, text, node_id, sid=None):
+        self.texts.append((node_id, text))
+
+
+def test_unpatched_model_runs_and_warns_in_the_ui(caplog, monkeypatch):
+    import sys
+    import types
+    fake = FakeServer()
+    monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=fake)))
+    node = Sampler.PREPARE_CLASS_CLONE({"UNIQUE_ID": "17"})
     with caplog.at_level(logging.WARNING):
-        images = sample(tiny_flux(seed=3), steps=1)
+        out = node.execute(tiny_flux(seed=3), conditioning(1), conditioning(2), TinyVAE(), 0, 1, 1.0, "euler",
+                           "simple", SIZE, SIZE, 1, True)
     assert "will NOT be aligned" in caplog.text
-    assert len(images) == 6
+    assert len(fake.texts) == 1 and fake.texts[0][0] == "17" and "will NOT be aligned" in fake.texts[0][1]
+    assert len(out.result) == 6
 
 
 def test_errors_say_what_to_do(lumix_model):
@@ -210,3 +243,114 @@ def test_errors_say_what_to_do(lumix_model):
         sample(lumix_model, color=photo(n=2))
     with pytest.raises(ValueError, match="all five maps are given"):
         sample(lumix_model, **{name: photo() for name in MAP_NAMES})
+
+
+# ---- the reference's schedule and decomposition settings ----------------------------------------
+
+def formula_sigmas(width, height, steps):
+    """The reference's schedule written out independently: mu from (W//8)*(H//8)//256 tokens."""
+    import math
+    n = (width // 8) * (height // 8) // 256
+    mu = 0.5 + (1.15 - 0.5) * (n - 256) / (4096 - 256)
+    return [math.exp(mu) / (math.exp(mu) + 1 / t - 1) for t in (1 - i / steps for i in range(steps))]
+
+
+@pytest.mark.parametrize("width,height,steps", [(64, 64, 30), (256, 128, 28), (128, 192, 5)])
+def test_default_schedule_is_the_references(lumix_model, width, height, steps):
+    model, spy = spied(lumix_model, short_circuit=True)
+    sample(model, steps=steps, width=width, height=height)
+    timesteps = [call["t"][0].item() for call in spy.calls]
+    assert len(timesteps) == steps
+    torch.testing.assert_close(torch.tensor(timesteps, dtype=torch.float64),
+                               torch.tensor(formula_sigmas(width, height, steps), dtype=torch.float64),
+                               rtol=1e-6, atol=1e-7)  # float32 sigmas
+    for call in spy.calls:
+        assert call["batch"] == 5 and torch.equal(call["t"], call["t"][:1].expand(5))
+        assert call["guidance"].tolist() == [3.5] * 5  # text: the conditioning's FluxGuidance
+
+
+def test_model_schedule_option_uses_the_models_own_sampling(lumix_model):
+    model, spy = spied(lumix_model, short_circuit=True)
+    sample(model, steps=6, schedule="model sampling + scheduler", scheduler="beta")
+    expected = comfy.samplers.calculate_sigmas(lumix_model.get_model_object("model_sampling"), "beta", 6)[:-1]
+    torch.testing.assert_close(torch.stack([c["t"][0] for c in spy.calls]).float(), expected.float())
+    reference = torch.tensor(formula_sigmas(SIZE, SIZE, 6), dtype=torch.float32)
+    assert not torch.allclose(expected.float(), reference, atol=1e-3)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_decomposition_runs_as_the_reference(lumix_model, cfg):
+    model, spy = spied(lumix_model, short_circuit=True)
+    sample(model, steps=4, cfg=cfg, color=photo())
+    for call in spy.calls:
+        assert call["batch"] == 5 and call["conds"] == [0]  # no negative pass, whatever cfg says
+        assert call["guidance"].tolist() == [1.0] * 5  # hard-coded guidance embed 1.0
+        assert call["t"][2] == 0
+
+
+def test_decomposition_as_connected_uses_cfg_and_guidance(lumix_model):
+    model, spy = spied(lumix_model, short_circuit=True)
+    sample(model, steps=2, cfg=3.0, color=photo(), held_maps_guidance="as connected: conditioning guidance and cfg")
+    for call in spy.calls:
+        assert call["batch"] == 10 and sorted(call["conds"]) == [0, 1]
+        assert call["guidance"].tolist() == [3.5] * 10
+        assert call["t"][2] == 0 and call["t"][7] == 0
+
+
+def test_reference_decomposition_equals_cfg_1_with_guidance_1(lumix_model):
+    """'reference' with cfg 3 gives exactly what cfg 1 with a FluxGuidance of 1.0 gives."""
+    color = photo()
+    ours = sample(lumix_model, seed=4, steps=3, cfg=3.0, color=color)[5]["samples"]
+    out = Sampler.execute(lumix_model, conditioning(1, guidance=1.0), conditioning(2), TinyVAE(), 4, 3, 1.0, "euler",
+                          "simple", SIZE, SIZE, 1, True, color=color, held_maps_size="width x height",
+                          held_maps_guidance="as connected: conditioning guidance and cfg").result[5]["samples"]
+    assert torch.equal(ours, out)
+
+
+@pytest.mark.parametrize("photo_size,sampled", [((80, 60), (64, 48)), ((60, 80), (48, 64))])
+def test_size_from_photo_and_original_size_output(lumix_model, photo_size, sampled):
+    w, h = photo_size
+    color = torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(9))
+    model, spy = spied(lumix_model)
+    *images, latent = sample(model, steps=2, color=color, held_maps_size="from the given map (aspect kept, area budget)",
+                             area_width=64, area_height=48)
+    assert latent["samples"].shape[-2:] == (sampled[1] // 8, sampled[0] // 8)
+    assert all(image.shape == (1, sampled[1], sampled[0], 3) for image in images)
+    assert spy.calls[0]["x"].shape[-2:] == (sampled[1] // 8, sampled[0] // 8)
+    *originals, latent2 = sample(lumix_model, steps=2, color=color, area_width=64, area_height=48,
+                                 held_maps_size="from the given map (aspect kept, area budget)",
+                                 output_size="given map's original size")
+    assert torch.equal(latent2["samples"], latent["samples"])
+    assert all(image.shape == (1, h, w, 3) for image in originals)
+    assert torch.equal(originals[2], color)  # the photo comes back as given
+    back = torch.nn.functional.interpolate(images[0].movedim(-1, 1), size=(h, w), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(originals[0], back.movedim(1, -1).clamp(0, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_preview_tiles_the_five_maps_of_the_first_scene(lumix_model, monkeypatch):
+    import latent_preview
+    from comfy.cli_args import LatentPreviewMethod
+    monkeypatch.setattr(latent_preview.args, "preview_method", LatentPreviewMethod.Latent2RGB)
+    previews, x0s = [], []
+    model, spy = spied(lumix_model)
+
+    def hook(value, total, preview, node_id=None):
+        previews.append(preview)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        *_, latent = sample(model, steps=2, scenes=2)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert len(previews) == 2 and all(p is not None for p in previews)
+    fmt, image, _max_size = previews[-1]
+    assert fmt == "JPEG" and image.size == (5 * SIZE // 8, SIZE // 8)
+    # Independent: each map of scene 0 through ComfyUI's latent2rgb on its own, placed side by side.
+    latent_format = lumix_model.model.latent_format
+    single = latent_preview.Latent2RGBPreviewer(latent_format.latent_rgb_factors, latent_format.latent_rgb_factors_bias)
+    x0 = lumix_model.model.process_latent_in(latent["samples"])  # the last preview shows the final x0
+    parts = [torch.tensor(__import__("numpy").asarray(single.decode_latent_to_preview(x0[i:i + 1]))) for i in range(5)]
+    expected = torch.cat(parts, dim=1).float()
+    got = torch.tensor(__import__("numpy").asarray(image)).float()
+    assert (got - expected).abs().mean() < 12  # JPEG-compressed
+    assert (got[:, :SIZE // 8] - expected[:, :SIZE // 8]).abs().mean() < (got[:, :SIZE // 8] - expected[:, SIZE // 8:2 * SIZE // 8]).abs().mean()

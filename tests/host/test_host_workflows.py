@@ -147,6 +147,8 @@ def tiny_workflow(path, tmp_path):
             node["class_type"], node["inputs"] = replace[node["class_type"]], {}
         if node["class_type"] == "LumiXTensorLoRALoader":
             node["inputs"]["lumix_name"] = "tiny_lumix.safetensors"
+        if node["class_type"] in ("LumiXSampler", "LumiXEmptyLatent"):  # a photo's size: a tiny area budget
+            node["inputs"].update(area_width=64, area_height=64)
     out = tmp_path / path.name
     out.write_text(json.dumps(wf))
     return out

@@ -1,0 +1,172 @@
+"""Composable LumiX nodes, so that core samplers (KSampler, SamplerCustomAdvanced, guiders) run LumiX:
+an empty grouped latent, per-scene noise, the reference's sigmas, given maps held on a model copy,
+and a split into the five maps. They run the same steps (sampling_steps) as the all-in-one sampler."""
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io
+
+from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
+from ..lumix_core.sampling import split_maps
+from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
+from . import categories
+from .sampling_steps import (
+    HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
+    SCHEDULE_REFERENCE, SceneNoise, check_given_maps, check_lumix_model, decode_maps, empty_latent, hold_given_maps,
+    latent_size, prepare_given_map, sampling_sigmas, warn_user)
+
+
+class LumiXEmptyLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXEmptyLatent",
+            display_name="LumiX Empty Latent",
+            category=categories.SAMPLING,
+            description=f"An empty latent of scenes x {MAP_COUNT} maps (map index fastest: {', '.join(MAP_NAMES)}), "
+                        "for core samplers and LumiX Hold Maps. Connect a photo to size it from the photo.",
+            inputs=[
+                io.Int.Input("width", default=512, min=16, max=4096, step=16, tooltip="Multiple of 16; LumiX was trained at 512."),
+                io.Int.Input("height", default=512, min=16, max=4096, step=16, tooltip="Multiple of 16."),
+                io.Int.Input("scenes", default=1, min=1, max=64, tooltip="Scenes; each holds five maps."),
+                io.Image.Input("photo", optional=True,
+                               tooltip="When connected, the size is the photo's aspect ratio within area_width x "
+                                       "area_height (sides multiples of 16; a 4:3 photo gets the reference's "
+                                       "1536x1152) and width/height are unused."),
+                io.Int.Input("area_width", default=REFERENCE_PHOTO_SIZE[0], min=16, max=8192, step=16, optional=True,
+                             tooltip="Area budget with a photo (the reference's 1536x1152)."),
+                io.Int.Input("area_height", default=REFERENCE_PHOTO_SIZE[1], min=16, max=8192, step=16, optional=True,
+                             tooltip="Area budget with a photo."),
+            ],
+            outputs=[io.Latent.Output(tooltip="Zeros, 16 FLUX channels, scenes x 5 latents.")],
+        )
+
+    @classmethod
+    def execute(cls, width, height, scenes, photo=None, area_width=REFERENCE_PHOTO_SIZE[0],
+                area_height=REFERENCE_PHOTO_SIZE[1]) -> io.NodeOutput:
+        if photo is not None:
+            width, height = size_for_photo(photo.shape[2], photo.shape[1], area_width, area_height)
+        if width % 16 or height % 16:
+            raise ValueError(f"LumiX: width and height must be multiples of 16 (got {width}x{height}).")
+        return io.NodeOutput({"samples": empty_latent(16, width, height, scenes)})
+
+
+class LumiXNoise(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXNoise",
+            display_name="LumiX Noise",
+            category=categories.SAMPLING,
+            description="Noise for SamplerCustomAdvanced as the reference draws it: one tensor per scene, "
+                        "repeated for its five maps; scene s uses seed + s (the LumiX Intrinsic Sampler's noise).",
+            inputs=[
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True),
+                io.Boolean.Input("shared_noise", default=True,
+                                 tooltip="Every map of a scene starts from the same noise, as the reference."),
+            ],
+            outputs=[io.Noise.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed, shared_noise) -> io.NodeOutput:
+        return io.NodeOutput(SceneNoise(seed, shared_noise))
+
+
+class LumiXReferenceSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXReferenceSigmas",
+            display_name="LumiX Reference Sigmas",
+            category=categories.SAMPLING,
+            description="The LumiX reference's sigmas (FLUX shift with its image_seq_len = (W//8)*(H//8)//256, "
+                        "t = linspace(1, 0, steps + 1)) for SamplerCustomAdvanced. Exact for every step count.",
+            inputs=[
+                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="50 as the reference."),
+                io.Int.Input("width", default=512, min=16, max=8192, step=16, tooltip="Unused when a latent is connected."),
+                io.Int.Input("height", default=512, min=16, max=8192, step=16, tooltip="Unused when a latent is connected."),
+                io.Latent.Input("latent", optional=True, tooltip="Take the size from this latent (set it once)."),
+            ],
+            outputs=[io.Sigmas.Output()],
+        )
+
+    @classmethod
+    def execute(cls, steps, width, height, latent=None) -> io.NodeOutput:
+        if latent is not None:
+            width, height = latent_size(latent["samples"])
+        return io.NodeOutput(sampling_sigmas(None, SCHEDULE_REFERENCE, steps, width, height))
+
+
+class LumiXHoldMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXHoldMaps",
+            display_name="LumiX Hold Maps",
+            category=categories.SAMPLING,
+            description="Encodes the given maps into the LumiX latent and returns a model copy that keeps them clean "
+                        "(timestep 0, never updated) under any sampler, with the reference's decomposition settings.",
+            inputs=[
+                io.Model.Input("model", tooltip="FLUX.1-dev patched by the LumiX Tensor LoRA Loader."),
+                io.Vae.Input("vae", tooltip="The FLUX VAE (ae.safetensors)."),
+                io.Latent.Input("latent", tooltip="From LumiX Empty Latent (its size is the sampled size)."),
+                *[io.Image.Input(spec.name, optional=True, tooltip=f"Optional {spec.name}: held clean; one image per scene.")
+                  for spec in MAPS],
+                io.Combo.Input("held_maps_guidance", options=HELD_GUIDANCE, default=HELD_GUIDANCE_REFERENCE,
+                               optional=True, tooltip=HELD_GUIDANCE_TOOLTIP),
+                io.Combo.Input("held_maps_resize", options=RESIZES, default=RESIZE_STRETCH, optional=True,
+                               tooltip=RESIZE_TOOLTIP),
+            ],
+            outputs=[io.Model.Output(tooltip="A patched copy; the input model is left as it was."),
+                     io.Latent.Output(tooltip="The latent with the given maps encoded.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, latent, albedo=None, irradiance=None, color=None, depth=None, normal=None,
+                held_maps_guidance=HELD_GUIDANCE_REFERENCE, held_maps_resize=RESIZE_STRETCH) -> io.NodeOutput:
+        given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
+                 if image is not None}
+        samples = latent["samples"]
+        if samples.ndim != 4 or samples.shape[0] % MAP_COUNT:
+            raise ValueError(f"LumiX Hold Maps: the latent holds {samples.shape[0]} latents, not whole scenes of "
+                             f"{MAP_COUNT}; start from the LumiX Empty Latent.")
+        warning = check_lumix_model(model)
+        if warning:
+            warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
+        check_given_maps(given, samples.shape[0] // MAP_COUNT)
+        width, height = latent_size(samples)
+        images = {name: prepare_given_map(image, width, height, held_maps_resize) for name, image in given.items()}
+        patched, held = hold_given_maps(model, vae, samples, images, held_maps_guidance)
+        return io.NodeOutput(patched, {**latent, "samples": held})
+
+
+class LumiXSplitMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXSplitMaps",
+            display_name="LumiX Split Maps",
+            category=categories.SAMPLING,
+            description="Splits a LumiX batch (scenes x 5, map index fastest) into the five maps: a decoded IMAGE "
+                        "batch, or a LATENT decoded with the VAE.",
+            inputs=[
+                io.Image.Input("images", optional=True, tooltip="A decoded batch (e.g. from VAE Decode or a tiled decode)."),
+                io.Latent.Input("latent", optional=True, tooltip="A sampled LumiX latent; needs the vae."),
+                io.Vae.Input("vae", optional=True, tooltip="Decodes the latent."),
+            ],
+            outputs=[io.Image.Output(f"{spec.name}_image", display_name=spec.name, tooltip=spec.meaning) for spec in MAPS],
+        )
+
+    @classmethod
+    def execute(cls, images=None, latent=None, vae=None) -> io.NodeOutput:
+        if (images is None) == (latent is None):
+            raise ValueError("LumiX Split Maps: connect either images (a decoded batch) or latent (with the vae), "
+                             "not both and not neither.")
+        if latent is not None:
+            if vae is None:
+                raise ValueError("LumiX Split Maps: a latent needs the vae to be decoded; connect the FLUX VAE.")
+            maps = decode_maps(vae, latent["samples"])
+        else:
+            maps = split_maps(images[..., :3], MAP_COUNT)
+        return io.NodeOutput(*(maps[name] for name in MAP_NAMES))
