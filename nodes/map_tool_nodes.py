@@ -28,6 +28,7 @@ from .provenance import generation_info
 
 _LOG = logging.getLogger("LumiX")
 DEPTH_CONVENTIONS = ["far is bright (LumiX)", "near is bright"]
+NEAR_ON_TOP, NEAR_AT_BOTTOM = "at the warm/bright end", "at the cool/dark end"
 # Heat-map scales: the value shown at the top of the colour map.
 PHOTOMETRIC_TOP, GEOMETRIC_TOP_DEGREES = 0.25, 45.0
 
@@ -173,18 +174,22 @@ class LumiXDepthColormap(io.ComfyNode):
             description="Shows a depth map in colour, normalised per image.",
             inputs=[io.Image.Input("depth"),
                     io.Combo.Input("colormap", options=list(COLORMAPS), default="turbo"),
-                    io.Boolean.Input("near_is_high", default=True,
-                                     tooltip="Near points at the warm/bright end of the colour map."),
+                    # Second widget, where the former near_is_high toggle was (same values, same meaning), so
+                    # saved UI workflows, whose widget values are positional, load unchanged.
+                    io.Boolean.Input("near_points", default=True, label_on=NEAR_ON_TOP, label_off=NEAR_AT_BOTTOM,
+                                     tooltip="Where the nearest points land on the colour map: the warm/bright top "
+                                             "(turbo red, inferno yellow, gray white) or the cool/dark bottom."),
                     io.Combo.Input("depth_convention", options=DEPTH_CONVENTIONS, default=DEPTH_CONVENTIONS[0],
-                                   tooltip=f"How the input encodes distance. LumiX: {ENCODINGS['depth']}.")],
+                                   tooltip="How the depth image you connect encodes distance (not how it is shown). "
+                                           f"LumiX depth: {ENCODINGS['depth']}.")],
             outputs=[io.Image.Output("colored", display_name="image")],
         )
 
     @classmethod
-    def execute(cls, depth, colormap, near_is_high, depth_convention) -> io.NodeOutput:
+    def execute(cls, depth, colormap, near_points, depth_convention) -> io.NodeOutput:
         input_near_is_bright = depth_convention == DEPTH_CONVENTIONS[1]
-        out = colorize_depth(depth.double(), colormap, input_near_is_bright, near_is_high)
-        end = "top (bright/warm)" if near_is_high else "bottom (dark/cool)"
+        out = colorize_depth(depth.double(), colormap, input_near_is_bright, near_points)
+        end = "top (warm/bright)" if near_points else "bottom (cool/dark)"
         lines, warnings = [f"near points at the {end} end of {colormap}; each image stretched to its own range"], []
         for i in range(depth.shape[0]):
             line, flat = depth_readout(depth[i], input_near_is_bright)

@@ -65,9 +65,9 @@ def test_depth_colormap_shows_each_images_range(maps):
     depth = torch.cat([good["depth"] * 0.5 + 0.25, torch.full_like(good["depth"], 0.5)])
     text = shown(NODES["LumiXDepthColormap"].execute(depth, "turbo", True, "far is bright (LumiX)"))
     assert "image 1: relative distance 0.250 (nearest) to 0.750 (farthest)" in text
-    assert "WARNING: image 2: depth is flat" in text and "top (bright/warm) end of turbo" in text
+    assert "WARNING: image 2: depth is flat" in text and "top (warm/bright) end of turbo" in text
     text = shown(NODES["LumiXDepthColormap"].execute(depth[:1], "gray", False, "near is bright"))
-    assert "relative distance 0.250 (nearest) to 0.750 (farthest)" in text and "bottom (dark/cool)" in text
+    assert "relative distance 0.250 (nearest) to 0.750 (farthest)" in text and "bottom (cool/dark)" in text
 
 
 def test_normal_flip_shows_the_y_axis_it_flipped(maps):
@@ -85,3 +85,23 @@ def test_the_web_extension_that_shows_node_text_is_registered():
     script = (web[0] / "lumix_readout.js").read_text()
     # it reads the `text` of the executed message, on LumiX nodes, into a widget left out of the prompt
     assert "message?.text" in script and 'startsWith("LumiX")' in script and "serialize: false" in script
+
+
+@pytest.mark.parametrize("near_points,convention,near_column,far_column", [
+    (True, "far is bright (LumiX)", 0, -1), (False, "far is bright (LumiX)", 0, -1),
+    (True, "near is bright", -1, 0), (False, "near is bright", -1, 0)])
+def test_depth_colormap_options_say_what_they_do(near_points, convention, near_column, far_column):
+    ramp = torch.linspace(0.1, 0.9, 8).view(1, 1, 8, 1).expand(1, 4, 8, 3)  # grey rises to the right
+    out = NODES["LumiXDepthColormap"].execute(ramp, "gray", near_points, convention).result[0]
+    near, far = out[0, 0, near_column], out[0, 0, far_column]
+    expected_near = 1.0 if near_points else 0.0  # gray: the top end is white
+    assert torch.allclose(near, torch.full((3,), expected_near), atol=1e-6)
+    assert torch.allclose(far, torch.full((3,), 1.0 - expected_near), atol=1e-6)
+
+
+def test_depth_colormap_toggle_names_its_two_states():
+    required = NODES["LumiXDepthColormap"].GET_NODE_INFO_V1()["input"]["required"]
+    assert list(required) == ["depth", "colormap", "near_points", "depth_convention"]  # widget order of old workflows
+    kind, options = required["near_points"]
+    assert kind == "BOOLEAN" and options["default"] is True
+    assert (options["label_on"], options["label_off"]) == ("at the warm/bright end", "at the cool/dark end")
