@@ -9,4 +9,5 @@ import importlib.util
 if __package__ and importlib.util.find_spec("comfy_api") is not None:
     from .nodes import comfy_entrypoint  # noqa: F401
 
-WEB_DIRECTORY = None
+# web/lumix_readout.js shows the text the nodes send to the UI (reports, warnings) inside them.
+WEB_DIRECTORY = "./web"

@@ -21,12 +21,14 @@ from ..lumix_core.export import (EXR_INSTALL_HINT, exr_available, linear_channel
                                  write_exr, write_png16, write_sidecar)
 from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
 from ..lumix_core.metrics import consistency
-from ..lumix_core.relight import parse_hex_color, relight
+from ..lumix_core.relight import light_direction, parse_hex_color, relight
+from ..lumix_core.tool_readout import consistency_warnings, depth_readout, normal_readout, relight_readout
 from . import categories
 from .provenance import generation_info
 
 _LOG = logging.getLogger("LumiX")
 DEPTH_CONVENTIONS = ["far is bright (LumiX)", "near is bright"]
+NEAR_ON_TOP, NEAR_AT_BOTTOM = "at the warm/bright end", "at the cool/dark end"
 # Heat-map scales: the value shown at the top of the colour map.
 PHOTOMETRIC_TOP, GEOMETRIC_TOP_DEGREES = 0.25, 45.0
 
@@ -34,6 +36,17 @@ PHOTOMETRIC_TOP, GEOMETRIC_TOP_DEGREES = 0.25, 45.0
 def _map_inputs():
     """One optional IMAGE socket per map, in the registry's order."""
     return [io.Image.Input(spec.name, optional=True, tooltip=f"{spec.name}: {spec.meaning}.") for spec in MAPS]
+
+
+def _readout(node: str, lines: list[str], warnings: list[str]) -> ui.PreviewText:
+    """The text a tool node shows in the UI: warnings first (also logged), then its numbers."""
+    for warning in warnings:
+        _LOG.warning("%s: %s", node, warning)
+    return ui.PreviewText("\n".join([f"WARNING: {w}" for w in warnings] + lines))
+
+
+def _per_image(label: str, index: int, count: int) -> str:
+    return f"{label} {index + 1}: " if count > 1 else ""
 
 
 def _given_scenes(maps: dict) -> tuple[int, int, int]:
@@ -53,8 +66,11 @@ class LumiXConsistency(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LumiXConsistency", display_name="LumiX Map Consistency", category=categories.TOOLS,
-            description="Measures whether the maps of each scene agree. Any map may be missing; each check "
-                        "runs when its maps are there.",
+            # an output node, so that it runs and shows its report even with no output connected
+            is_output_node=True,
+            description="Measures whether the maps of each scene agree and shows the numbers in the node, "
+                        "with a warning where a map looks misaligned or a number out of range. Any map may be "
+                        "missing; each check runs when its maps are there.",
             inputs=[*_map_inputs(),
                     io.Float.Input("fov_degrees", default=DEFAULT_FOV_DEGREES, min=10.0, max=150.0, step=1.0,
                                    tooltip="Horizontal field of view assumed to back-project depth (Hypersim-like 60)."),
@@ -83,20 +99,22 @@ class LumiXConsistency(io.ComfyNode):
         maps = {k: v for k, v in maps.items() if v is not None}
         scenes, height, width = _given_scenes(maps)
         heat = {key: [] for key in ("photometric", "geometric", "structural")}
-        lines = []
+        lines, warnings = [], []
         for s in range(scenes):
             report = consistency({name: image[s] for name, image in maps.items()}, fov_degrees,
                                  near_is_bright=depth_convention == DEPTH_CONVENTIONS[1])
             if scenes > 1:
                 lines.append(f"scene {s + 1}:")
             lines.append(report.text())
+            warnings += [_per_image("scene", s, scenes) + w for w in consistency_warnings(report)]
             for key, top in (("photometric", PHOTOMETRIC_TOP), ("geometric", GEOMETRIC_TOP_DEGREES), ("structural", 1.0)):
                 result = getattr(report, key)
                 values = result["map"] / top if result is not None else torch.zeros(height, width, dtype=torch.float64)
                 heat[key].append(apply_colormap(values, "inferno").float())
         text = "\n".join(lines)
         outputs = [torch.stack(heat[key]) for key in ("photometric", "geometric", "structural")]
-        return io.NodeOutput(*outputs, text, ui=ui.PreviewText(text))
+        # The report output carries the numbers only; the node also shows what looks wrong, first.
+        return io.NodeOutput(*outputs, text, ui=_readout("LumiX Map Consistency", lines, warnings))
 
 
 class LumiXRelight(io.ComfyNode):
@@ -132,8 +150,20 @@ class LumiXRelight(io.ComfyNode):
             rgb = parse_hex_color(light_color)
         except ValueError as exc:
             raise ValueError(f"LumiX Relight: {exc}") from None
-        out = relight(albedo, normal, azimuth, elevation, rgb, intensity, ambient, irradiance)
-        return io.NodeOutput(out.float())
+        out = relight(albedo, normal, azimuth, elevation, rgb, intensity, ambient, irradiance).float()
+        direction = light_direction(azimuth, elevation)
+        lines = [f"light from ({direction[0]:+.2f}, {direction[1]:+.2f}, {direction[2]:+.2f}) (camera space, +z = "
+                 f"towards the viewer), colour ({rgb[0]:.2f}, {rgb[1]:.2f}, {rgb[2]:.2f}) x {intensity:g}; "
+                 f"ambient {ambient:g} x {'irradiance' if irradiance is not None else 'white'}"]
+        warnings = []
+        for i in range(out.shape[0]):
+            stats, light_warnings = relight_readout(normal[i], direction, out[i])
+            _, normal_warnings = normal_readout(normal[i])
+            prefix = _per_image("image", i, out.shape[0])
+            lines.append(f"{prefix}light reaches {100 * stats['lit']:.0f}% of pixels; "
+                         f"{100 * stats['clipped']:.1f}% clipped at white")
+            warnings += [prefix + w for w in normal_warnings + light_warnings]
+        return io.NodeOutput(out, ui=_readout("LumiX Relight", lines, warnings))
 
 
 class LumiXDepthColormap(io.ComfyNode):
@@ -144,17 +174,29 @@ class LumiXDepthColormap(io.ComfyNode):
             description="Shows a depth map in colour, normalised per image.",
             inputs=[io.Image.Input("depth"),
                     io.Combo.Input("colormap", options=list(COLORMAPS), default="turbo"),
-                    io.Boolean.Input("near_is_high", default=True,
-                                     tooltip="Near points at the warm/bright end of the colour map."),
+                    # Second widget, where the former near_is_high toggle was (same values, same meaning), so
+                    # saved UI workflows, whose widget values are positional, load unchanged.
+                    io.Boolean.Input("near_points", default=True, label_on=NEAR_ON_TOP, label_off=NEAR_AT_BOTTOM,
+                                     tooltip="Where the nearest points land on the colour map: the warm/bright top "
+                                             "(turbo red, inferno yellow, gray white) or the cool/dark bottom."),
                     io.Combo.Input("depth_convention", options=DEPTH_CONVENTIONS, default=DEPTH_CONVENTIONS[0],
-                                   tooltip=f"How the input encodes distance. LumiX: {ENCODINGS['depth']}.")],
+                                   tooltip="How the depth image you connect encodes distance (not how it is shown). "
+                                           f"LumiX depth: {ENCODINGS['depth']}.")],
             outputs=[io.Image.Output("colored", display_name="image")],
         )
 
     @classmethod
-    def execute(cls, depth, colormap, near_is_high, depth_convention) -> io.NodeOutput:
-        out = colorize_depth(depth.double(), colormap, depth_convention == DEPTH_CONVENTIONS[1], near_is_high)
-        return io.NodeOutput(out.float())
+    def execute(cls, depth, colormap, near_points, depth_convention) -> io.NodeOutput:
+        input_near_is_bright = depth_convention == DEPTH_CONVENTIONS[1]
+        out = colorize_depth(depth.double(), colormap, input_near_is_bright, near_points)
+        end = "top (warm/bright)" if near_points else "bottom (cool/dark)"
+        lines, warnings = [f"near points at the {end} end of {colormap}; each image stretched to its own range"], []
+        for i in range(depth.shape[0]):
+            line, flat = depth_readout(depth[i], input_near_is_bright)
+            prefix = _per_image("image", i, depth.shape[0])
+            lines.append(prefix + line)
+            warnings += [prefix + w for w in flat]
+        return io.NodeOutput(out.float(), ui=_readout("LumiX Depth Colormap", lines, warnings))
 
 
 class LumiXNormalFlip(io.ComfyNode):
@@ -170,7 +212,16 @@ class LumiXNormalFlip(io.ComfyNode):
 
     @classmethod
     def execute(cls, normal) -> io.NodeOutput:
-        return io.NodeOutput(flip_normal_y(normal))
+        flipped = flip_normal_y(normal)
+        lines, warnings = [], []
+        for i in range(normal.shape[0]):
+            before, not_normals = normal_readout(normal[i])
+            after, _ = normal_readout(flipped[i])
+            prefix = _per_image("image", i, normal.shape[0])
+            lines.append(f"{prefix}mean y {before['mean_y']:+.3f} -> {after['mean_y']:+.3f}; "
+                         f"{100 * before['facing']:.0f}% of pixels face the camera")
+            warnings += [prefix + w for w in not_normals]
+        return io.NodeOutput(flipped, ui=_readout("LumiX Normal Flip", lines, warnings))
 
 
 class LumiXSaveMaps(io.ComfyNode):

@@ -1,33 +1,55 @@
 """The two nodes that turn a FLUX MODEL into a LumiX model."""
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
 from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_NAMES, SOURCE_MAP, CheckpointError, map_index
+from ..lumix_core.checkpoint_sniff import LumiXFileCache
 from . import categories
 from .adapter_memory import ADAPTER_DTYPES, resolve_adapter_dtype
 from .checkpoint_cache import CheckpointCache
 from .flux_model import NotFluxError, block_counts, flux_diffusion_model
 from .patch import apply_lumix, lumix_settings
 
+_LOG = logging.getLogger("LumiX")
 LUMIX_FOLDER = "lumix"
 CHECKPOINT_EXTENSIONS = {".safetensors", ".sft"}
 
 
 def register_model_folder() -> None:
-    """ComfyUI/models/lumix/ (plus any 'lumix:' entry of extra_model_paths.yaml)."""
-    folder_paths.add_model_folder_path(LUMIX_FOLDER, os.path.join(folder_paths.models_dir, LUMIX_FOLDER))
+    """ComfyUI/models/lumix/ (created when missing, so users see where the checkpoint goes), plus any
+    'lumix:' entry of extra_model_paths.yaml."""
+    folder = os.path.join(folder_paths.models_dir, LUMIX_FOLDER)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:  # a read-only install still works with models/loras or extra paths
+        _LOG.warning("LumiX: could not create %s (%s); put lumix.safetensors in models/loras instead.", folder, exc)
+    folder_paths.add_model_folder_path(LUMIX_FOLDER, folder)
     paths, extensions = folder_paths.folder_names_and_paths[LUMIX_FOLDER]
     folder_paths.folder_names_and_paths[LUMIX_FOLDER] = (paths, set(extensions) | CHECKPOINT_EXTENSIONS)
 
 
+# Which files of models/loras are LumiX checkpoints: header reads, remembered per (size, mtime).
+_LORA_FILES = LumiXFileCache()
+
+
 def checkpoint_choices() -> list[str]:
+    """Every file of models/lumix, and the files of models/loras whose header holds LumiX keys."""
     names = set(folder_paths.get_filename_list(LUMIX_FOLDER))
-    names |= {n for n in folder_paths.get_filename_list("loras")
-              if os.path.splitext(n)[1].lower() in CHECKPOINT_EXTENSIONS}
+    seen = set()
+    for name in folder_paths.get_filename_list("loras"):
+        if name in names or os.path.splitext(name)[1].lower() not in CHECKPOINT_EXTENSIONS:
+            continue
+        path = folder_paths.get_full_path("loras", name)
+        if path is not None:
+            seen.add(path)
+            if _LORA_FILES.is_lumix(path):
+                names.add(name)
+    _LORA_FILES.forget_missing(seen)
     return sorted(names)
 
 
@@ -95,7 +117,8 @@ class LumiXTensorLoRALoader(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A FLUX.1-dev model (Load Diffusion Model)."),
                 io.Combo.Input("lumix_name", options=checkpoint_choices(),
-                               tooltip="A LumiX checkpoint from ComfyUI/models/lumix/ (or models/loras/)."),
+                               tooltip="A LumiX checkpoint: every file of ComfyUI/models/lumix/, and the files of "
+                                       "models/loras/ that hold LumiX Tensor LoRA keys (other LoRAs are not listed)."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
                                tooltip="Scales both adapters of every block. 1.0 is the paper's model; 0 turns them off."),
                 io.Boolean.Input("query_broadcast", default=True,

@@ -164,7 +164,7 @@ def text_to_intrinsic_with_tools():
              outputs=(("image", "IMAGE"),)),
         preview(45, (x + 340, 440), 44, 0, "Relit preview"),
         Node(46, "LumiXDepthColormap", (x, 740), (300, 130), "LumiX Depth Colormap",
-             widgets={"colormap": "turbo", "near_is_high": True, "depth_convention": "far is bright (LumiX)"},
+             widgets={"colormap": "turbo", "near_points": True, "depth_convention": "far is bright (LumiX)"},
              inputs={"depth": maps["depth"]}, outputs=(("image", "IMAGE"),)),
         preview(47, (x + 340, 740), 46, 0, "Depth (near = warm)"),
         Node(48, "LumiXSaveMaps", (x + 620, 440), (560, 560), "LumiX Save Maps",

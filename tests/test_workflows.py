@@ -25,7 +25,7 @@ WIDGETS = {
     "PreviewImage": [],
     "LumiXConsistency": ["fov_degrees", "depth_convention"],
     "LumiXRelight": ["azimuth", "elevation", "light_color", "intensity", "ambient"],
-    "LumiXDepthColormap": ["colormap", "near_is_high", "depth_convention"],
+    "LumiXDepthColormap": ["colormap", "near_points", "depth_convention"],
     "LumiXSaveMaps": ["filename_prefix", "fov_degrees"],
 }
 
