@@ -29,8 +29,9 @@ class CountingVAE(TinyVAE):
 
 
 def sample(model, vae, scenes=1, **maps):
+    # sampled at SIZE x SIZE, not at the photo's aspect within the reference's 1536x1152 budget (slow here)
     return Sampler.execute(model, conditioning(1), conditioning(2), vae, 0, 2, 1.0, "euler", "simple",
-                           SIZE, SIZE, scenes, True, **maps).result
+                           SIZE, SIZE, scenes, True, held_maps_size="width x height", **maps).result
 
 
 def photo(n=1, channels=3, seed=3):
