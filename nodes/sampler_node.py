@@ -17,6 +17,7 @@ from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
 from ..lumix_core.given_maps import check_given_map
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps
 from .flux_model import NotFluxError, flux_diffusion_model
+from .memory_guard import check_memory
 from . import categories
 from .patch import lumix_settings
 
@@ -127,6 +128,7 @@ class LumiXSampler(io.ComfyNode):
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
                  if image is not None}
         _check_inputs(model, width, height, scenes, given)
+        check_memory(model, positive, negative, width, height, scenes, cfg)  # refuse before allocating
 
         channels = model.get_model_object("latent_format").latent_channels
         latent_shape = (channels, height // 8, width // 8)
