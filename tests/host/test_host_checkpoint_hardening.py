@@ -21,7 +21,7 @@ def checkpoint(folder, name, metadata=None, **shape):
 @pytest.mark.parametrize("maps", [1, 3, 6])
 def test_map_count_the_sampler_cannot_use_is_refused_by_the_loader(tmp_path, maps):
     name = checkpoint(tmp_path, f"maps{maps}.safetensors", M=maps)
-    with pytest.raises(ValueError, match=rf"LumiX: this checkpoint mixes {maps} maps per scene.*Use a 5-map checkpoint"):
+    with pytest.raises(ValueError, match=rf"LumiX: this checkpoint mixes {maps} maps per scene.*Pick a 5-map checkpoint in the loader.s lumix_name"):
         Loader.execute(tiny_flux(), name, 1.0, True)
 
 
