@@ -119,9 +119,9 @@ class LumiXCheckpoint:
             raise CheckpointError(
                 f"this checkpoint mixes {self.num_maps} maps per scene (first key: {self.prefix}{kind}.{index}."
                 f"processor.kv_tt_lora.G1, shape [{self.num_maps}, {self.num_maps}, {self.rank}]), but the LumiX "
-                f"sampler makes {MAP_COUNT} maps per scene (albedo, irradiance, color, depth, normal). Use a "
-                f"{MAP_COUNT}-map checkpoint such as the released lumix.safetensors, or train one with "
-                f"{MAP_COUNT} maps.")
+                f"sampler makes {MAP_COUNT} maps per scene (albedo, irradiance, color, depth, normal). Pick a "
+                f"{MAP_COUNT}-map checkpoint in the loader's lumix_name (the released lumix.safetensors has "
+                f"{MAP_COUNT}), or train one with {MAP_COUNT} maps.")
         if self.hidden_size != hidden_size:
             kind, index = sorted(self.adapters)[0]
             raise CheckpointError(
@@ -223,7 +223,8 @@ def _assemble(tensors, grouped, prefix, metadata) -> LumiXCheckpoint:
                     "damaged or was written by another tool.")
             if R > MAX_CHECKPOINT_RANK:
                 raise CheckpointError(f"{stem} has rank {R}; this loader supports ranks 1 to {MAX_CHECKPOINT_RANK} "
-                                      "(the released checkpoint has 8). Use a lower-rank checkpoint.")
+                                      "(the released checkpoint has 8). Pick a checkpoint of lower rank in the "
+                                      "loader's lumix_name.")
             if reference is None:
                 reference = (stem, M, R)
             elif (M, R) != reference[1:]:

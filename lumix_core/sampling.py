@@ -12,17 +12,26 @@ import torch
 from .maps import MAP_COUNT, MAP_NAMES, check_grouped_batch
 
 
+SEED_MODULUS = 2 ** 64  # seeds are 0..2^64-1 (the sampler's range, and what torch.Generator accepts)
+
+
+def scene_seed(seed: int, scene: int) -> int:
+    """The seed of scene `scene` of a run: seed + scene, wrapped modulo 2^64 so that every allowed seed
+    works with any number of scenes (identical to seed + scene wherever that stays below 2^64)."""
+    return (seed + scene) % SEED_MODULUS
+
+
 def scene_noise(latent_shape: Sequence[int], seed: int, scenes: int, maps_per_scene: int = MAP_COUNT,
                 shared: bool = True) -> torch.Tensor:
     """Initial noise [scenes*M, C, H, W] on the CPU in float32.
 
-    Scene s draws from a generator seeded with seed + s, so scene s of a batch equals a one-scene
-    run with seed + s. With `shared`, one noise tensor per scene is repeated for its M maps (the
+    Scene s draws from a generator seeded with scene_seed(seed, s) = seed + s (mod 2^64), so scene s
+    of a batch equals a one-scene run with that seed. With `shared`, one noise tensor per scene is repeated for its M maps (the
     reference's behaviour); otherwise each map gets its own draw from the scene's generator.
     """
     per_scene = []
     for s in range(scenes):
-        g = torch.Generator(device="cpu").manual_seed(seed + s)
+        g = torch.Generator(device="cpu").manual_seed(scene_seed(seed, s))
         n = 1 if shared else maps_per_scene
         noise = torch.randn([n, *latent_shape], generator=g, dtype=torch.float32, device="cpu")
         per_scene.append(noise.expand(maps_per_scene, *latent_shape) if shared else noise)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from io import BytesIO
 
 import numpy as np
 import torch
@@ -17,8 +18,9 @@ from comfy_api.v0_0_2 import io, ui
 from ..lumix_core import MAP_NAMES, MAPS
 from ..lumix_core.conventions import flip_normal_y
 from ..lumix_core.display import COLORMAPS, apply_colormap, colorize_depth
-from ..lumix_core.export import (EXR_INSTALL_HINT, exr_available, linear_channels, new_folder, to_uint16,
-                                 write_exr, write_png16, write_sidecar)
+from ..lumix_core.export import (EXR_INSTALL_HINT, exr_available, linear_channels, saveable_map, scene_folder,
+                                 to_uint16, write_bytes, write_exr, write_png16, write_sidecar)
+from ..lumix_core.sampling import scene_seed
 from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
 from ..lumix_core.metrics import consistency
 from ..lumix_core.relight import light_direction, parse_hex_color, relight
@@ -256,6 +258,9 @@ class LumiXSaveMaps(io.ComfyNode):
     def execute(cls, filename_prefix, fov_degrees, **maps) -> io.NodeOutput:
         maps = {k: v for k, v in maps.items() if v is not None}
         scenes, _, _ = _given_scenes(maps)
+        # every map checked and converted before any folder exists: odd inputs leave nothing behind
+        prepared = {name: saveable_map(name, maps[name]) for name in MAP_NAMES if name in maps}
+        images = {name: rgb for name, (rgb, _) in prepared.items()}
         output_dir = os.path.realpath(folder_paths.get_output_directory())
         target = os.path.realpath(os.path.join(output_dir, filename_prefix))
         if os.path.commonpath([output_dir, target]) != output_dir:
@@ -265,40 +270,69 @@ class LumiXSaveMaps(io.ComfyNode):
             _LOG.warning("LumiX Save Maps: %s", EXR_INSTALL_HINT)
         info = generation_info(cls.hidden.prompt if cls.hidden else None, cls.hidden.unique_id if cls.hidden else None)
         metadata = cls._png_metadata()
-        previews = []
+        previews, saved, notes = [], [], []
         for s in range(scenes):
-            folder = new_folder(output_dir, filename_prefix)
-            subfolder = os.path.relpath(folder, output_dir)
-            files = []
-            for name in (n for n in MAP_NAMES if n in maps):
-                image = maps[name][s]
-                pixels = np.clip(255.0 * image[..., :3].cpu().float().numpy(), 0, 255).round().astype(np.uint8)
-                Image.fromarray(pixels).save(os.path.join(folder, f"{name}.png"), pnginfo=metadata, compress_level=4)
-                files.append(f"{name}.png")
-                previews.append(ui.SavedResult(f"{name}.png", subfolder, io.FolderType.output))
-                if name == "depth":
-                    write_png16(os.path.join(folder, "depth_16bit.png"), to_uint16(image[..., :3].mean(-1).cpu().double().numpy()))
-                    files.append("depth_16bit.png")
-                if name == "normal":
-                    write_png16(os.path.join(folder, "normal_16bit.png"), to_uint16(image[..., :3].cpu().double().numpy()))
-                    files.append("normal_16bit.png")
-                if with_exr:
-                    write_exr(os.path.join(folder, f"{name}.exr"), linear_channels(name, image))
-                    files.append(f"{name}.exr")
-            report = consistency({n: maps[n][s] for n in maps}, fov_degrees)
+            non_finite = {name: bad[s] for name, (_, bad) in prepared.items()}
             scene_info = dict(info)
             if isinstance(scene_info.get("seed"), int):
-                scene_info["seed"] += s  # scene s of a LumiX run uses seed + s
-            write_sidecar(os.path.join(folder, "lumix.json"), {
-                "format": "lumix-maps", "format_version": 1, "scene_index": s, "generation": scene_info,
-                "files": files, "exr": with_exr if with_exr else EXR_INSTALL_HINT,
-                "conventions": {"maps": {m.name: m.encoding for m in MAPS if m.name in maps}, "encodings": ENCODINGS,
-                                "exr": "albedo/irradiance/color linear RGB; depth Y = relative distance; "
-                                       "normal RGB = unit vector (-1..1)",
-                                "png16": "depth: grey = mean of the RGB channels; normal: RGB as the 8-bit map, 16 bits"},
-                "metrics": report.numbers(), "metrics_text": report.text(),
-            })
+                scene_info["seed"] = scene_seed(scene_info["seed"], s)  # scene s of a LumiX run
+            try:
+                with scene_folder(output_dir, filename_prefix) as scene:
+                    files = cls._write_maps(scene.temporary, {n: image[s] for n, image in images.items()},
+                                            metadata, with_exr)
+                    report = consistency({n: image[s] for n, image in images.items()}, fov_degrees)
+                    write_sidecar(os.path.join(scene.temporary, "lumix.json"), {
+                        "format": "lumix-maps", "format_version": 1, "scene_index": s, "generation": scene_info,
+                        "files": files, "exr": with_exr if with_exr else EXR_INSTALL_HINT,
+                        "non_finite_pixels": non_finite,
+                        "conventions": {"maps": {m.name: m.encoding for m in MAPS if m.name in maps},
+                                        "encodings": ENCODINGS,
+                                        "exr": "albedo/irradiance/color linear RGB; depth Y = relative distance; "
+                                               "normal RGB = unit vector (-1..1)",
+                                        "png16": "depth: grey = mean of the RGB channels; normal: RGB as the 8-bit "
+                                                 "map, 16 bits",
+                                        "non_finite": "NaN and -Inf written as 0, +Inf as 1"},
+                        "metrics": report.numbers(), "metrics_text": report.text(),
+                    })
+            except OSError as exc:
+                raise OSError(exc.errno, f"LumiX Save Maps: could not write scene {s + 1} of {scenes} "
+                                         f"({exc.strerror or exc}); its folder was removed, nothing half-written "
+                                         f"is left. Scenes saved before it: {', '.join(saved) or 'none'}. Free "
+                                         "disk space (or fix the output folder's permissions) and run again.") from exc
+            subfolder = os.path.relpath(scene.path, output_dir)
+            saved.append(subfolder)
+            previews += [ui.SavedResult(f"{name}.png", subfolder, io.FolderType.output) for name in images]
+            bad = {n: c for n, c in non_finite.items() if c}
+            if bad:
+                notes.append(f"WARNING scene {s + 1} ({subfolder}): non-finite pixels (NaN/Inf) in "
+                             + ", ".join(f"{n}: {c}" for n, c in bad.items())
+                             + "; written as 0 (NaN, -Inf) or 1 (+Inf). Something before Save Maps produced "
+                               "them: check the model, the checkpoint and the given maps.")
+                _LOG.warning("LumiX Save Maps: %s", notes[-1])
         ui_out = ui.SavedImages(previews).as_dict()
         if not with_exr:
-            ui_out.update(ui.PreviewText(EXR_INSTALL_HINT).as_dict())
+            notes.append(EXR_INSTALL_HINT)
+        if notes:
+            ui_out.update(ui.PreviewText("\n".join(notes)).as_dict())
         return io.NodeOutput(ui=ui_out)
+
+    @classmethod
+    def _write_maps(cls, folder, scene_maps, metadata, with_exr) -> list[str]:
+        """One scene's files (each through a temporary name); returns their names."""
+        files = []
+        for name, image in scene_maps.items():
+            pixels = np.clip(255.0 * image.cpu().numpy(), 0, 255).round().astype(np.uint8)
+            buffer = BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG", pnginfo=metadata, compress_level=4)
+            write_bytes(os.path.join(folder, f"{name}.png"), buffer.getvalue())
+            files.append(f"{name}.png")
+            if name == "depth":
+                write_png16(os.path.join(folder, "depth_16bit.png"), to_uint16(image.mean(-1).cpu().double().numpy()))
+                files.append("depth_16bit.png")
+            if name == "normal":
+                write_png16(os.path.join(folder, "normal_16bit.png"), to_uint16(image.cpu().double().numpy()))
+                files.append("normal_16bit.png")
+            if with_exr:
+                write_exr(os.path.join(folder, f"{name}.exr"), linear_channels(name, image))
+                files.append(f"{name}.exr")
+        return files

@@ -14,6 +14,7 @@ from comfy_api.v0_0_2 import io
 from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
 from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
 from . import categories
+from .memory_guard import check_memory
 from .sampling_steps import (
     HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
     SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_lumix_model, decode_maps, empty_latent,
@@ -133,6 +134,8 @@ class LumiXSampler(io.ComfyNode):
                  if image is not None}
         warning = _check_inputs(model, width, height, scenes, given)
         width, height = sampled_size(given, width, height, held_maps_size, area_width, area_height)
+        no_cfg = bool(given) and held_maps_guidance == HELD_GUIDANCE_REFERENCE  # the negative pass never runs
+        check_memory(model, positive, negative, width, height, scenes, 1.0 if no_cfg else cfg)  # before allocating
         if warning:
             warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
 

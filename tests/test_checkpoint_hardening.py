@@ -198,7 +198,7 @@ def test_rank_above_the_supported_bound_is_refused(tmp_path):
 def test_map_counts_the_sampler_cannot_use_are_refused_with_advice(tmp_path, maps):
     ckpt = load_checkpoint(write(tmp_path, official_state_dict(M=maps)))
     assert ckpt.num_maps == maps  # readable (e.g. for training tools) ...
-    with pytest.raises(CheckpointError, match=rf"mixes {maps} maps per scene .*sampler makes 5 maps.*Use a 5-map checkpoint"):
+    with pytest.raises(CheckpointError, match=rf"mixes {maps} maps per scene .*sampler makes 5 maps.*Pick a 5-map checkpoint in the loader.s lumix_name"):
         ckpt.validate_for_model(16, 2, 3)  # ... but refused for a model the sampler will use
 
 
