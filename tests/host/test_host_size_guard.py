@@ -37,7 +37,7 @@ class CountingVAE(TinyVAE):
 
 def run(model, vae, seed=0, scenes=1, size=SIZE, cfg=1.0, **maps):
     return Sampler.execute(model, conditioning(1), conditioning(2), vae, seed, 2, cfg, "euler", "simple",
-                           size, size, scenes, True, **maps).result
+                           size, size, scenes, True, held_maps_size="width x height", **maps).result
 
 
 def patch_free(monkeypatch, free):
