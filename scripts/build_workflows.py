@@ -1,6 +1,6 @@
 """Writes the shipped workflows in both of ComfyUI's formats from one description of each graph.
 
-    python scripts/build_workflows.py        # rewrites workflows/*.json
+    python scripts/build_workflows.py        # rewrites workflows/*.json, *.jpg and workflows/api/*_api.json
 
 UI format (drag-and-drop into ComfyUI) and API format (for scripts and scripts/lumix_client.py)
 come from the same node list, so the twins cannot drift apart.
@@ -30,16 +30,36 @@ MAP_SOCKETS = [(name, "IMAGE") for name in MAP_NAMES]
 # Every input socket of each node type, in the order of the node's definition (required, then
 # optional), so that the UI file lists unconnected sockets too and link slots match ComfyUI's.
 SOCKETS = {
-    "UNETLoader": [], "DualCLIPLoader": [], "VAELoader": [], "LoadImage": [], "Note": [],
-    "LumiXTensorLoRALoader": [("model", "MODEL")], "ModelSamplingFlux": [("model", "MODEL")],
+    "UNETLoader": [], "DualCLIPLoader": [], "VAELoader": [], "LoadImage": [], "Note": [], "KSamplerSelect": [],
+    "LumiXNoise": [],
+    "LumiXTensorLoRALoader": [("model", "MODEL")], "T5TokenizerOptions": [("clip", "CLIP")],
     "CLIPTextEncode": [("clip", "CLIP")], "FluxGuidance": [("conditioning", "CONDITIONING")],
-    "SaveImage": [("images", "IMAGE")], "PreviewImage": [("images", "IMAGE")],
+    "SaveImage": [("images", "IMAGE")], "PreviewImage": [("images", "IMAGE")], "PreviewAny": [("source", "*")],
     "LumiXSampler": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                      ("vae", "VAE")] + MAP_SOCKETS,
     "LumiXConsistency": MAP_SOCKETS, "LumiXSaveMaps": MAP_SOCKETS,
     "LumiXRelight": [("albedo", "IMAGE"), ("normal", "IMAGE"), ("irradiance", "IMAGE")],
     "LumiXDepthColormap": [("depth", "IMAGE")],
+    "LumiXEmptyLatent": [("photo", "IMAGE")],
+    "LumiXReferenceSigmas": [("latent", "LATENT")],
+    "CFGGuider": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+    "SamplerCustomAdvanced": [("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
+                              ("latent_image", "LATENT")],
+    "VAEDecode": [("samples", "LATENT"), ("vae", "VAE")],
+    "LumiXSplitMaps": [("images", "IMAGE"), ("latent", "LATENT"), ("vae", "VAE")],
 }
+# Where the frontend's missing-models dialog finds each file (node properties.models). The LumiX
+# checkpoint has no public direct-download address yet, so its loader carries none.
+MODEL_FILES = {
+    FLUX_UNET: ("https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",
+                "diffusion_models"),
+    CLIP_L: ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+             "text_encoders"),
+    T5XXL: ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
+            "text_encoders"),
+    FLUX_VAE: ("https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors", "vae"),
+}
+T5_MIN_LENGTH = 512  # the reference pads T5 to 512 tokens; ComfyUI's FLUX default is 256
 
 
 @dataclass
@@ -54,34 +74,43 @@ class Node:
     outputs: tuple = ()  # (name, type) per output slot
     extra_ui_widgets: dict = field(default_factory=dict)  # UI-only widget values: {after name: value}
     color: str | None = None
+    models: tuple = ()  # file names this loader needs (MODEL_FILES)
 
 
 def note(node_id, pos, text, size=(360, 200)):
     return Node(node_id, "Note", pos, size, widgets={"text": text}, color="#432")
 
 
-def shared_nodes(sampler_width=512, sampler_height=512):
-    """Loaders, prompts and the LumiX model: the part both workflows share."""
+# Columns of the layout (x of each column); rows are chosen per node so nothing overlaps and the
+# sampler and image nodes have room below them for their previews.
+COL_LOADERS, COL_MODEL, COL_GUIDE, COL_SAMPLER, COL_OUT = 40, 420, 880, 1230, 1650
+SAMPLER_SIZE = (380, 760)
+
+
+def shared_nodes():
+    """Loaders, prompts and the LumiX model: the part every workflow shares."""
     return [
-        Node(1, "UNETLoader", (40, 80), (320, 82), "Load FLUX.1-dev",
-             widgets={"unet_name": FLUX_UNET, "weight_dtype": "default"}, outputs=(("MODEL", "MODEL"),)),
-        Node(2, "DualCLIPLoader", (40, 220), (320, 130), "Load text encoders",
-             widgets={"clip_name1": CLIP_L, "clip_name2": T5XXL, "type": "flux", "device": "default"}, outputs=(("CLIP", "CLIP"),)),
-        Node(3, "VAELoader", (40, 400), (320, 58), "Load FLUX VAE",
-             widgets={"vae_name": FLUX_VAE}, outputs=(("VAE", "VAE"),)),
-        Node(4, "LumiXTensorLoRALoader", (400, 80), (330, 130), "LumiX Tensor LoRA Loader",
+        Node(1, "UNETLoader", (COL_LOADERS, 80), (320, 82), "Load FLUX.1-dev",
+             widgets={"unet_name": FLUX_UNET, "weight_dtype": "default"}, outputs=(("MODEL", "MODEL"),),
+             models=(FLUX_UNET,)),
+        Node(2, "DualCLIPLoader", (COL_LOADERS, 220), (320, 130), "Load text encoders",
+             widgets={"clip_name1": CLIP_L, "clip_name2": T5XXL, "type": "flux", "device": "default"},
+             outputs=(("CLIP", "CLIP"),), models=(CLIP_L, T5XXL)),
+        Node(3, "VAELoader", (COL_LOADERS, 410), (320, 58), "Load FLUX VAE",
+             widgets={"vae_name": FLUX_VAE}, outputs=(("VAE", "VAE"),), models=(FLUX_VAE,)),
+        Node(4, "LumiXTensorLoRALoader", (COL_MODEL, 80), (330, 130), "LumiX Tensor LoRA Loader",
              widgets={"lumix_name": LUMIX_CHECKPOINT, "strength": 1.0, "query_broadcast": True},
              inputs={"model": (1, 0, "MODEL")}, outputs=(("MODEL", "MODEL"),)),
-        Node(5, "ModelSamplingFlux", (400, 250), (330, 130), "Resolution shift (as the reference)",
-             widgets={"max_shift": 1.15, "base_shift": 0.5, "width": sampler_width, "height": sampler_height},
-             inputs={"model": (4, 0, "MODEL")}, outputs=(("MODEL", "MODEL"),)),
-        Node(6, "CLIPTextEncode", (400, 420), (400, 160), POSITIVE_TITLE,
-             widgets={"text": DEFAULT_PROMPT}, inputs={"clip": (2, 0, "CLIP")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
-        Node(7, "CLIPTextEncode", (400, 620), (400, 130), "Negative prompt (the reference's)",
-             widgets={"text": NEGATIVE_PROMPT}, inputs={"clip": (2, 0, "CLIP")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
-        Node(8, "FluxGuidance", (830, 420), (300, 58), "Guidance 3.5",
+        Node(5, "T5TokenizerOptions", (COL_MODEL, 270), (330, 82), "T5 padded to 512 tokens (as the reference)",
+             widgets={"min_padding": 0, "min_length": T5_MIN_LENGTH},
+             inputs={"clip": (2, 0, "CLIP")}, outputs=(("CLIP", "CLIP"),)),
+        Node(6, "CLIPTextEncode", (COL_MODEL, 410), (420, 170), POSITIVE_TITLE,
+             widgets={"text": DEFAULT_PROMPT}, inputs={"clip": (5, 0, "CLIP")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
+        Node(7, "CLIPTextEncode", (COL_MODEL, 640), (420, 140), "Negative prompt (the reference's)",
+             widgets={"text": NEGATIVE_PROMPT}, inputs={"clip": (5, 0, "CLIP")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
+        Node(8, "FluxGuidance", (COL_GUIDE, 410), (300, 58), "Guidance 3.5",
              widgets={"guidance": 3.5}, inputs={"conditioning": (6, 0, "CONDITIONING")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
-        Node(9, "FluxGuidance", (830, 620), (300, 58), "Guidance 3.5",
+        Node(9, "FluxGuidance", (COL_GUIDE, 640), (300, 58), "Guidance 3.5",
              widgets={"guidance": 3.5}, inputs={"conditioning": (7, 0, "CONDITIONING")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
     ]
 
@@ -90,96 +119,152 @@ SAMPLER_OUTPUTS = tuple((name, "IMAGE") for name in MAP_NAMES) + (("latent", "LA
 
 
 def sampler(cfg, extra_inputs=None):
-    inputs = {"model": (5, 0, "MODEL"), "positive": (8, 0, "CONDITIONING"), "negative": (9, 0, "CONDITIONING"),
+    inputs = {"model": (4, 0, "MODEL"), "positive": (8, 0, "CONDITIONING"), "negative": (9, 0, "CONDITIONING"),
               "vae": (3, 0, "VAE")}
     inputs.update(extra_inputs or {})
-    return Node(10, "LumiXSampler", (1170, 80), (340, 470), "LumiX Intrinsic Sampler",
+    return Node(10, "LumiXSampler", (COL_SAMPLER, 80), SAMPLER_SIZE, "LumiX Intrinsic Sampler",
                 widgets={"seed": 42, "steps": 50, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
-                         "width": 512, "height": 512, "scenes": 1, "shared_noise": True},
+                         "width": 512, "height": 512, "scenes": 1, "shared_noise": True,
+                         "schedule": "reference", "held_maps_guidance": "reference: guidance 1.0, no CFG",
+                         "held_maps_size": "from the given map (aspect kept, area budget)",
+                         "area_width": 1536, "area_height": 1152, "held_maps_resize": "stretch (as the reference)",
+                         "output_size": "sampled size"},
                 extra_ui_widgets={"seed": "fixed"}, inputs=inputs, outputs=SAMPLER_OUTPUTS)
 
 
-def savers(skip=()):
+def image_grid(first_id, node_type, sources, prefix=SAVE_PREFIX, x0=COL_OUT, y0=80):
+    """One SaveImage/PreviewImage per map in a 3-column grid, with room for each image."""
     nodes = []
-    for i, name in enumerate(MAP_NAMES):
-        if name in skip:
-            continue
-        nodes.append(Node(20 + i, "SaveImage", (1560 + 280 * (i % 3), 80 + 330 * (i // 3)), (260, 300),
-                          f"Save {name}", widgets={"filename_prefix": SAVE_PREFIX + name},
-                          inputs={"images": (10, i, "IMAGE")}))
+    for k, (name, src) in enumerate(sources):
+        widgets = {"filename_prefix": prefix + name} if node_type == "SaveImage" else {}
+        nodes.append(Node(first_id + MAP_NAMES.index(name), node_type, (x0 + 300 * (k % 3), y0 + 380 * (k // 3)),
+                          (280, 330), f"{'Save' if node_type == 'SaveImage' else 'Preview'} {name}",
+                          widgets=widgets, inputs={"images": src}))
     return nodes
 
 
+def savers(skip=()):
+    return image_grid(20, "SaveImage", [(name, (10, i, "IMAGE")) for i, name in enumerate(MAP_NAMES) if name not in skip])
+
+
 MODEL_NOTE = (
-    "Models (see the README's table):\n"
+    "Models (see the README's table; a missing FLUX file opens ComfyUI's download dialog):\n"
     f"- models/diffusion_models/{FLUX_UNET}\n- models/text_encoders/{CLIP_L} and {T5XXL}\n"
     f"- models/vae/{FLUX_VAE}\n- models/lumix/{LUMIX_CHECKPOINT}\n\n"
     "Low VRAM: set weight_dtype to fp8_e4m3fn in 'Load FLUX.1-dev'.")
+T5_NOTE = ("Text as the reference: 'T5 padded to 512 tokens' (core T5TokenizerOptions, min_length 512) pads the "
+           "T5 prompt to 512 tokens as the reference does; ComfyUI pads FLUX's T5 to 256 by default, which "
+           "changes the conditioning.")
+NOTE_POS, NOTE_SIZE = (COL_LOADERS, 850), (760, 300)
 
 
 def text_to_intrinsic():
     return shared_nodes() + [sampler(3.0)] + savers() + [
-        note(30, (40, 520), MODEL_NOTE),
-        note(31, (1170, 600),
-             "LumiX defaults as the reference: 512x512, 50 steps, true CFG 3.0 with the negative prompt, "
-             "FluxGuidance 3.5, the same noise for all five maps of a scene.\n\n"
-             "scenes > 1 makes several scenes in one run (scene s uses seed + s). Each map is saved under "
-             "output/LumiX/ with its own prefix.", (340, 180)),
+        note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
+        note(31, NOTE_POS,
+             "LumiX defaults as the reference: 512x512, 50 steps, its schedule (the sampler's 'schedule: reference'), "
+             "true CFG 3.0 with its negative prompt, FluxGuidance 3.5 on both prompts, the same noise for all five "
+             "maps of a scene.\n\n" + T5_NOTE + "\n\nThe sampler's preview shows the five maps of the first scene "
+             "side by side. scenes > 1 makes several scenes in one run (scene s uses seed + s). Each map is saved "
+             "under output/LumiX/ with its own prefix.", NOTE_SIZE),
     ]
 
 
 def photo_decomposition():
-    load = Node(11, "LoadImage", (830, 760), (320, 330), "Photo to decompose",
+    load = Node(11, "LoadImage", (COL_GUIDE, 780), (300, 330), "Photo to decompose",
                 widgets={"image": "example.png"}, extra_ui_widgets={"image": "image"},
                 outputs=(("IMAGE", "IMAGE"), ("MASK", "MASK")))
     return shared_nodes() + [load, sampler(1.0, {"color": (11, 0, "IMAGE")})] + savers(skip=("color",)) + [
-        note(30, (40, 520), MODEL_NOTE),
-        note(31, (1170, 600),
-             "Photo decomposition: the photo is the color map, held clean (timestep 0) while albedo, "
-             "irradiance, depth and normal are generated around it. cfg 1.0 as the reference (no negative "
-             "pass). The photo is resized to cover 512x512 and centre-cropped. Describe the photo in the "
-             "prompt for best results.", (340, 200)),
+        note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
+        note(31, NOTE_POS,
+             "Photo decomposition as the reference: the photo is the color map, held clean (timestep 0) while "
+             "albedo, irradiance, depth and normal are generated around it, with guidance 1.0 and no CFG "
+             "(held_maps_guidance 'reference'; the negative prompt is unused). The size comes from the photo: its "
+             "aspect ratio within 1536x1152 (a 4:3 photo gets 1536x1152), the photo stretched to it; set "
+             "output_size to get every map at the photo's own size. Describe the photo in the prompt.\n\n" + T5_NOTE,
+             NOTE_SIZE),
     ]
 
 
 def preview(node_id, pos, source, slot, title):
-    return Node(node_id, "PreviewImage", pos, (260, 300), title, inputs={"images": (source, slot, "IMAGE")})
+    return Node(node_id, "PreviewImage", pos, (280, 330), title, inputs={"images": (source, slot, "IMAGE")})
 
 
 def text_to_intrinsic_with_tools():
     """Text to intrinsic, then the map tools: metrics, relighting, a depth view and lossless export."""
     maps = {name: (10, i, "IMAGE") for i, name in enumerate(MAP_NAMES)}
-    x = 1560
+    x = COL_OUT
     return shared_nodes() + [sampler(3.0)] + [
         Node(40, "LumiXConsistency", (x, 80), (300, 200), "LumiX Map Consistency",
              widgets={"fov_degrees": 60.0, "depth_convention": "far is bright (LumiX)"}, inputs=dict(maps),
              outputs=(("photometric_heatmap", "IMAGE"), ("geometric_heatmap", "IMAGE"),
                       ("structural_heatmap", "IMAGE"), ("report", "STRING"))),
+        Node(49, "PreviewAny", (x, 330), (300, 200), "Consistency report", inputs={"source": (40, 3, "STRING")}),
         preview(41, (x + 340, 80), 40, 0, "Photometric residual"),
-        preview(42, (x + 620, 80), 40, 1, "Geometric residual"),
-        preview(43, (x + 900, 80), 40, 2, "Structural alignment"),
-        Node(44, "LumiXRelight", (x, 440), (300, 250), "LumiX Relight",
+        preview(42, (x + 660, 80), 40, 1, "Geometric residual"),
+        preview(43, (x + 980, 80), 40, 2, "Structural alignment"),
+        Node(44, "LumiXRelight", (x, 600), (300, 250), "LumiX Relight",
              widgets={"azimuth": 45.0, "elevation": 45.0, "light_color": "#ffffff", "intensity": 1.0, "ambient": 0.15},
              inputs={"albedo": maps["albedo"], "normal": maps["normal"], "irradiance": maps["irradiance"]},
              outputs=(("image", "IMAGE"),)),
-        preview(45, (x + 340, 440), 44, 0, "Relit preview"),
-        Node(46, "LumiXDepthColormap", (x, 740), (300, 130), "LumiX Depth Colormap",
+        preview(45, (x + 340, 600), 44, 0, "Relit preview"),
+        Node(46, "LumiXDepthColormap", (x, 920), (300, 130), "LumiX Depth Colormap",
              widgets={"colormap": "turbo", "near_points": True, "depth_convention": "far is bright (LumiX)"},
              inputs={"depth": maps["depth"]}, outputs=(("image", "IMAGE"),)),
-        preview(47, (x + 340, 740), 46, 0, "Depth (near = warm)"),
-        Node(48, "LumiXSaveMaps", (x + 620, 440), (560, 560), "LumiX Save Maps",
+        preview(47, (x + 340, 1000), 46, 0, "Depth (near = warm)"),
+        Node(48, "LumiXSaveMaps", (x + 660, 600), (600, 560), "LumiX Save Maps",
              widgets={"filename_prefix": "LumiX/scene", "fov_degrees": 60.0}, inputs=dict(maps)),
-        note(30, (40, 520), MODEL_NOTE),
-        note(31, (1170, 600),
-             "Map tools: the consistency node measures whether the maps agree (its report shows in the node and "
-             "its heat maps below: darker is better); Relight checks albedo and normals together; Save Maps writes "
-             "each scene to output/LumiX/scene_NNNNN/ with 16-bit depth/normal PNGs, EXR (pip install openexr) "
-             "and lumix.json.", (340, 220)),
+        note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
+        note(31, NOTE_POS,
+             "Map tools (right of the sampler): the consistency node measures whether the maps agree; its report "
+             "shows in 'Consistency report' below it and its heat maps to its right (darker is better). Relight "
+             "checks albedo and normals together; Save Maps writes each scene to output/LumiX/scene_NNNNN/ with "
+             "16-bit depth/normal PNGs, EXR (pip install openexr) and lumix.json.\n\n" + T5_NOTE, NOTE_SIZE),
+    ]
+
+
+def composable_sampler_custom_advanced():
+    """The composable route: LumiX latent, noise and sigmas with core CFGGuider + SamplerCustomAdvanced."""
+    x = COL_SAMPLER
+    return shared_nodes() + [
+        Node(12, "LumiXEmptyLatent", (x, 80), (330, 170), "LumiX Empty Latent",
+             widgets={"width": 512, "height": 512, "scenes": 1, "area_width": 1536, "area_height": 1152},
+             outputs=(("LATENT", "LATENT"),)),
+        Node(13, "LumiXNoise", (x, 310), (330, 106), "LumiX Noise",
+             widgets={"seed": 42, "shared_noise": True}, extra_ui_widgets={"seed": "fixed"},
+             outputs=(("NOISE", "NOISE"),)),
+        Node(14, "LumiXReferenceSigmas", (x, 470), (330, 130), "LumiX Reference Sigmas",
+             widgets={"steps": 50, "width": 512, "height": 512}, inputs={"latent": (12, 0, "LATENT")},
+             outputs=(("SIGMAS", "SIGMAS"),)),
+        Node(15, "KSamplerSelect", (x, 660), (330, 58), "Sampler", widgets={"sampler_name": "euler"},
+             outputs=(("SAMPLER", "SAMPLER"),)),
+        Node(16, "CFGGuider", (COL_GUIDE, 80), (300, 100), "CFG 3.0 (as the reference)",
+             widgets={"cfg": 3.0}, inputs={"model": (4, 0, "MODEL"), "positive": (8, 0, "CONDITIONING"),
+                                           "negative": (9, 0, "CONDITIONING")},
+             outputs=(("GUIDER", "GUIDER"),)),
+        Node(17, "SamplerCustomAdvanced", (x + 380, 80), (320, 420), "SamplerCustomAdvanced",
+             inputs={"noise": (13, 0, "NOISE"), "guider": (16, 0, "GUIDER"), "sampler": (15, 0, "SAMPLER"),
+                     "sigmas": (14, 0, "SIGMAS"), "latent_image": (12, 0, "LATENT")},
+             outputs=(("output", "LATENT"), ("denoised_output", "LATENT"))),
+        Node(18, "LumiXSplitMaps", (x + 380, 560), (320, 150), "LumiX Split Maps",
+             inputs={"latent": (17, 0, "LATENT"), "vae": (3, 0, "VAE")},
+             outputs=tuple((name, "IMAGE") for name in MAP_NAMES)),
+    ] + image_grid(20, "SaveImage", [(name, (18, i, "IMAGE")) for i, name in enumerate(MAP_NAMES)],
+                   x0=COL_OUT + 420) + [
+        note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
+        note(31, NOTE_POS,
+             "The composable route, exactly what the LumiX Intrinsic Sampler runs: LumiX Empty Latent (scenes x 5 "
+             "maps), LumiX Noise (one noise per scene, shared by its maps), LumiX Reference Sigmas (the reference's "
+             "schedule for the latent's size) and core CFGGuider + SamplerCustomAdvanced, then LumiX Split Maps. "
+             "Swap in any sampler, guider or latent tool. To decompose a photo, put LumiX Hold Maps between the "
+             "model/latent and the sampler (it keeps the photo at timestep 0 with guidance 1.0 and no CFG).\n\n"
+             + T5_NOTE, NOTE_SIZE),
     ]
 
 
 WORKFLOWS = {"lumix_text_to_intrinsic": text_to_intrinsic, "lumix_photo_decomposition": photo_decomposition,
-             "lumix_text_to_intrinsic_tools": text_to_intrinsic_with_tools}
+             "lumix_text_to_intrinsic_tools": text_to_intrinsic_with_tools,
+             "lumix_composable_sampler_custom_advanced": composable_sampler_custom_advanced}
 
 
 def to_api(nodes):
@@ -191,6 +276,16 @@ def to_api(nodes):
         inputs.update({name: [str(src), slot] for name, (src, slot, _t) in n.inputs.items()})
         api[str(n.id)] = {"class_type": n.type, "inputs": inputs, "_meta": {"title": n.title or n.type}}
     return api
+
+
+def properties(n):
+    if n.type == "Note":
+        return {}
+    props = {"Node name for S&R": n.type}
+    if n.models:
+        props["models"] = [{"name": name, "url": MODEL_FILES[name][0], "directory": MODEL_FILES[name][1]}
+                           for name in n.models]
+    return props
 
 
 def to_ui(nodes):
@@ -217,7 +312,7 @@ def to_ui(nodes):
             "inputs": [{"name": name, "type": typ, "link": in_links.get((n.id, name))} for name, typ in SOCKETS[n.type]],
             "outputs": [{"name": name, "type": typ, "links": out_links.get((n.id, slot), []), "slot_index": slot}
                         for slot, (name, typ) in enumerate(n.outputs)],
-            "properties": {"Node name for S&R": n.type} if n.type != "Note" else {},
+            "properties": properties(n),
             "widgets_values": widgets,
         }
         if n.title:
@@ -231,21 +326,73 @@ def to_ui(nodes):
 
 
 def render_all() -> dict[str, str]:
-    """{file name: JSON text} for every shipped workflow."""
+    """{path under workflows/: JSON text} for every shipped workflow: the UI file at the top (ComfyUI's
+    template browser lists those), its API twin under api/."""
     files = {}
     for name, build in WORKFLOWS.items():
         nodes = build()
         files[f"{name}.json"] = json.dumps(to_ui(nodes), indent=2) + "\n"
-        files[f"{name}_api.json"] = json.dumps(to_api(nodes), indent=2) + "\n"
+        files[f"api/{name}_api.json"] = json.dumps(to_api(nodes), indent=2) + "\n"
     return files
 
 
+# ---- thumbnails: <name>.jpg beside each UI file, where the frontend's template browser looks -------
+
+THUMB_SIZE, TILE = (512, 384), 160
+THUMB_CAPTIONS = {
+    "lumix_text_to_intrinsic": "text -> five maps",
+    "lumix_photo_decomposition": "photo -> four maps",
+    "lumix_text_to_intrinsic_tools": "five maps -> metrics, relight, export",
+    "lumix_composable_sampler_custom_advanced": "SamplerCustomAdvanced route",
+}
+
+
+def drawn_scene(size=TILE):
+    """Five maps of a drawn scene (a lit sphere before a wall), in map order, as uint8 RGB arrays."""
+    import numpy as np
+    v, u = np.mgrid[0:size, 0:size] / (size - 1) * 2 - 1
+    r2 = (u / 0.55) ** 2 + (v / 0.55) ** 2
+    on_sphere = r2 < 1
+    nz = np.sqrt(np.clip(1 - r2, 0, 1))
+    normal = np.where(on_sphere[..., None], np.stack([u / 0.55, -v / 0.55, nz], -1), [0.0, 0.0, 1.0])
+    light = np.array([0.4, 0.6, 0.7]) / np.linalg.norm([0.4, 0.6, 0.7])
+    shade = np.clip(normal @ light, 0, 1)[..., None]
+    irradiance = 0.15 + 0.85 * shade * np.array([1.0, 0.95, 0.85])
+    albedo = np.where(on_sphere[..., None], [0.8, 0.35, 0.25], [0.55, 0.6, 0.7])
+    color = np.clip(albedo * irradiance, 0, 1) ** (1 / 2.2)
+    depth = np.where(on_sphere, 0.45 - 0.25 * nz, 0.9)[..., None].repeat(3, -1)
+    maps = [albedo, irradiance ** (1 / 2.2), color, depth, (normal + 1) / 2]
+    return [(np.clip(m, 0, 1) * 255).astype("uint8") for m in maps]
+
+
+def thumbnail(name):
+    """A small JPEG: the drawn scene's five maps in a grid with the workflow's caption."""
+    import io
+    from PIL import Image, ImageDraw
+    canvas = Image.new("RGB", THUMB_SIZE, (24, 24, 28))
+    draw = ImageDraw.Draw(canvas)
+    for k, (map_name, tile) in enumerate(zip(MAP_NAMES, drawn_scene())):
+        x, y = 8 + (k % 3) * (TILE + 8), 8 + (k // 3) * (TILE + 26)
+        canvas.paste(Image.fromarray(tile), (x, y))
+        given = name == "lumix_photo_decomposition" and map_name == "color"
+        draw.text((x + 2, y + TILE + 4), map_name + (" (given)" if given else ""), fill=(230, 230, 230))
+    draw.text((2 * (TILE + 8) + 16, 8 + TILE + 26 + 40), "LumiX", fill=(255, 200, 120))
+    draw.text((2 * (TILE + 8) + 16, 8 + TILE + 26 + 60), THUMB_CAPTIONS[name], fill=(230, 230, 230))
+    out = io.BytesIO()
+    canvas.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
 def main():
-    os.makedirs(WORKFLOW_DIR, exist_ok=True)
+    os.makedirs(os.path.join(WORKFLOW_DIR, "api"), exist_ok=True)
     for file_name, text in render_all().items():
         with open(os.path.join(WORKFLOW_DIR, file_name), "w") as f:
             f.write(text)
         print("wrote", os.path.join("workflows", file_name))
+    for name in WORKFLOWS:
+        with open(os.path.join(WORKFLOW_DIR, f"{name}.jpg"), "wb") as f:
+            f.write(thumbnail(name))
+        print("wrote", os.path.join("workflows", f"{name}.jpg"))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import urllib.request
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKFLOWS = os.path.join(HERE, "..", "workflows")
+WORKFLOWS = os.path.join(HERE, "..", "workflows", "api")
 TEXT_WORKFLOW = os.path.join(WORKFLOWS, "lumix_text_to_intrinsic_api.json")
 PHOTO_WORKFLOW = os.path.join(WORKFLOWS, "lumix_photo_decomposition_api.json")
 POSITIVE_TITLE = "Positive prompt"
@@ -51,7 +51,7 @@ def _node_of(workflow: dict, class_type: str, title: str | None = None) -> str:
         if node.get("class_type") == class_type and (title is None or node.get("_meta", {}).get("title") == title):
             return node_id
     raise ClientError(f"the workflow has no {class_type} node{f' titled {title!r}' if title else ''}; "
-                      "use one of the files in workflows/ (the *_api.json ones).")
+                      "use one of the files in workflows/api/.")
 
 
 def build_prompt(workflow: dict, prompt: str, seed: int, width: int | None = None, height: int | None = None,

@@ -39,7 +39,7 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
 def test_every_model_file_the_workflows_use_is_in_the_readme_table():
     import json
     readme = (REPO / "README.md").read_text()
-    for path in (REPO / "workflows").glob("*_api.json"):
+    for path in (REPO / "workflows" / "api").glob("*_api.json"):
         for node in json.loads(path.read_text()).values():
             for key in ("unet_name", "clip_name1", "clip_name2", "vae_name", "lumix_name"):
                 if key in node["inputs"]:

@@ -16,18 +16,29 @@ WIDGETS = {
     "VAELoader": ["vae_name"],
     "CLIPTextEncode": ["text"],
     "FluxGuidance": ["guidance"],
-    "ModelSamplingFlux": ["max_shift", "base_shift", "width", "height"],
+    "T5TokenizerOptions": ["min_padding", "min_length"],
     "SaveImage": ["filename_prefix"],
     "LoadImage": ["image"],
     "LumiXTensorLoRALoader": ["lumix_name", "strength", "query_broadcast"],
-    "LumiXSampler": ["seed", "steps", "cfg", "sampler_name", "scheduler", "width", "height", "scenes", "shared_noise"],
+    "LumiXSampler": ["seed", "steps", "cfg", "sampler_name", "scheduler", "width", "height", "scenes", "shared_noise",
+                     "schedule", "held_maps_guidance", "held_maps_size", "area_width", "area_height",
+                     "held_maps_resize", "output_size"],
     "Note": ["text"],
     "PreviewImage": [],
     "LumiXConsistency": ["fov_degrees", "depth_convention"],
     "LumiXRelight": ["azimuth", "elevation", "light_color", "intensity", "ambient"],
     "LumiXDepthColormap": ["colormap", "near_points", "depth_convention"],
     "LumiXSaveMaps": ["filename_prefix", "fov_degrees"],
+    "PreviewAny": [],
+    "LumiXEmptyLatent": ["width", "height", "scenes", "area_width", "area_height"],
+    "LumiXNoise": ["seed", "shared_noise"],
+    "LumiXReferenceSigmas": ["steps", "width", "height"],
+    "KSamplerSelect": ["sampler_name"],
+    "CFGGuider": ["cfg"],
+    "SamplerCustomAdvanced": [],
+    "LumiXSplitMaps": [],
 }
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its stored pos
 
 
 def our_node_ids():
@@ -40,11 +51,81 @@ def our_node_ids():
     return ids
 
 
-def test_the_two_required_workflows_and_their_twins_exist():
-    names = {p.name for p in ui_files()}
-    assert {"lumix_text_to_intrinsic.json", "lumix_photo_decomposition.json", "lumix_text_to_intrinsic_tools.json"} <= names
-    for ui in ui_files():
-        assert api_twin(ui).is_file(), f"{ui.name} has no API-format twin"
+def test_folder_layout_ui_files_on_top_api_twins_below():
+    top = {p.name for p in (REPO / "workflows").iterdir() if p.is_file()}
+    ui = {p.name for p in ui_files()}
+    assert {"lumix_text_to_intrinsic.json", "lumix_photo_decomposition.json", "lumix_text_to_intrinsic_tools.json",
+            "lumix_composable_sampler_custom_advanced.json"} <= ui
+    assert top == ui | {p.replace(".json", ".jpg") for p in ui}, "only UI workflows and their thumbnails at the top"
+    for path in ui_files():
+        wf = load(path)
+        assert "nodes" in wf and "links" in wf and wf.get("version"), f"{path.name} is not in the UI format"
+        assert api_twin(path).is_file(), f"{path.name} has no API-format twin"
+    api = {p.name for p in (REPO / "workflows" / "api").iterdir()}
+    assert api == {api_twin(p).name for p in ui_files()}
+    for name in api:
+        assert "nodes" not in load(REPO / "workflows" / "api" / name)
+
+
+@pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
+def test_every_ui_workflow_has_a_thumbnail(ui_path):
+    from PIL import Image
+    thumb = ui_path.with_suffix(".jpg")  # where ComfyUI's template browser (frontend 1.27) looks
+    assert thumb.is_file(), f"{thumb.name} is missing"
+    with Image.open(thumb) as image:
+        assert image.format == "JPEG" and 128 <= image.width <= 1024 and 96 <= image.height <= 1024
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is None or len(colours) > 50, "the thumbnail is (nearly) blank"
+
+
+@pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
+def test_model_loaders_carry_download_metadata(ui_path):
+    expected = {"UNETLoader": {("flux1-dev.safetensors", "diffusion_models")},
+                "DualCLIPLoader": {("clip_l.safetensors", "text_encoders"), ("t5xxl_fp16.safetensors", "text_encoders")},
+                "VAELoader": {("ae.safetensors", "vae")}}
+    seen = set()
+    for node in load(ui_path)["nodes"]:
+        if node["type"] not in expected:
+            continue
+        seen.add(node["type"])
+        models = node["properties"]["models"]
+        assert {(m["name"], m["directory"]) for m in models} == expected[node["type"]]
+        names = set(node["widgets_values"])
+        for m in models:
+            assert m["name"] in names, f"{m['name']} is not what the loader loads"
+            assert m["url"].startswith("https://huggingface.co/") and m["url"].endswith("/" + m["name"])
+    assert seen == set(expected)
+
+
+@pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
+def test_no_two_nodes_overlap(ui_path):
+    boxes = []
+    for n in load(ui_path)["nodes"]:
+        x, y = n["pos"]
+        w, h = n["size"]
+        boxes.append((n["id"], x, y - TITLE_HEIGHT, x + w, y + h))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            apart = a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2]
+            assert apart, f"{ui_path.name}: nodes {a[0]} and {b[0]} overlap"
+
+
+def test_overlap_check_can_fail():
+    a, b = (1, 0, 0, 100, 100), (2, 90, 50, 200, 120)
+    assert not (a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2])
+
+
+@pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
+def test_text_is_padded_as_the_reference_and_the_notes_say_why(ui_path):
+    wf = load(ui_path)
+    t5 = [n for n in wf["nodes"] if n["type"] == "T5TokenizerOptions"]
+    assert len(t5) == 1 and t5[0]["widgets_values"] == [0, 512]
+    links = {l[0]: l for l in wf["links"]}
+    for n in wf["nodes"]:
+        if n["type"] == "CLIPTextEncode":
+            assert links[n["inputs"][0]["link"]][1] == t5[0]["id"], "prompts must be encoded through the T5 options"
+    notes = " ".join(n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note")
+    assert "512 tokens" in notes and "256" in notes
 
 
 @pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
@@ -55,7 +136,7 @@ def test_ui_links_connect_existing_sockets_of_matching_types(ui_path):
     for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
         out = nodes[src]["outputs"][src_slot]
         inp = nodes[dst]["inputs"][dst_slot]
-        assert out["type"] == typ == inp["type"], f"link {link_id}: {out['type']} -> {inp['type']} ({typ})"
+        assert out["type"] == typ and inp["type"] in (typ, "*"), f"link {link_id}: {out['type']} -> {inp['type']} ({typ})"
         assert link_id in out["links"] and inp["link"] == link_id
     linked = {l[0] for l in wf["links"]}
     for n in nodes.values():
@@ -92,8 +173,25 @@ def test_ui_and_api_twins_set_the_same_values_and_links(ui_path):
         assert set(entry["inputs"]) == set(widgets) | {i["name"] for i in node.get("inputs", []) if i["link"] is not None}
 
 
+def test_the_tools_workflow_shows_the_consistency_report():
+    wf = load(REPO / "workflows" / "lumix_text_to_intrinsic_tools.json")
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    report = [l for l in wf["links"] if nodes[l[1]]["type"] == "LumiXConsistency" and l[5] == "STRING"]
+    assert len(report) == 1 and nodes[report[0][3]]["type"] == "PreviewAny"
+
+
+def test_the_composable_workflow_uses_sampler_custom_advanced():
+    api = load(REPO / "workflows" / "api" / "lumix_composable_sampler_custom_advanced_api.json")
+    by_type = {n["class_type"]: (k, n["inputs"]) for k, n in api.items()}
+    _, sca = by_type["SamplerCustomAdvanced"]
+    assert api[sca["noise"][0]]["class_type"] == "LumiXNoise"
+    assert api[sca["sigmas"][0]]["class_type"] == "LumiXReferenceSigmas"
+    assert api[sca["latent_image"][0]]["class_type"] == "LumiXEmptyLatent"
+    assert api[sca["guider"][0]]["class_type"] == "CFGGuider" and by_type["CFGGuider"][1]["cfg"] == 3.0
+
+
 def test_reference_defaults():
-    t2i = load(REPO / "workflows" / "lumix_text_to_intrinsic_api.json")
+    t2i = load(REPO / "workflows" / "api" / "lumix_text_to_intrinsic_api.json")
     by_type = {}
     for node in t2i.values():
         by_type.setdefault(node["class_type"], []).append(node["inputs"])
@@ -107,9 +205,14 @@ def test_reference_defaults():
     assert by_type["UNETLoader"][0]["unet_name"] == "flux1-dev.safetensors"
     assert by_type["DualCLIPLoader"][0]["type"] == "flux"
     assert by_type["LumiXTensorLoRALoader"][0]["lumix_name"] == "lumix.safetensors"
-    photo = load(REPO / "workflows" / "lumix_photo_decomposition_api.json")
+    assert sampler["schedule"] == "reference" and "ModelSamplingFlux" not in by_type
+    assert by_type["T5TokenizerOptions"][0]["min_length"] == 512
+    photo = load(REPO / "workflows" / "api" / "lumix_photo_decomposition_api.json")
     sampler = next(n["inputs"] for n in photo.values() if n["class_type"] == "LumiXSampler")
     assert sampler["cfg"] == 1.0 and sampler["color"][0] in photo
+    assert sampler["held_maps_guidance"] == "reference: guidance 1.0, no CFG"
+    assert sampler["held_maps_size"].startswith("from the given map") and (sampler["area_width"], sampler["area_height"]) == (1536, 1152)
+    assert sampler["held_maps_resize"].startswith("stretch")
     assert photo[sampler["color"][0]]["class_type"] == "LoadImage"
     assert len([n for n in photo.values() if n["class_type"] == "SaveImage"]) == 4
 
@@ -120,5 +223,7 @@ def test_workflow_files_are_what_the_builder_writes():
     builder = importlib.util.module_from_spec(spec)
     sys.modules["build_workflows"] = builder  # dataclasses look their module up there
     spec.loader.exec_module(builder)
-    for name, text in builder.render_all().items():
+    files = builder.render_all()
+    for name, text in files.items():
         assert (REPO / "workflows" / name).read_text() == text, f"workflows/{name} is stale: run scripts/build_workflows.py"
+    assert {p.name for p in ui_files()} == {n for n in files if "/" not in n}

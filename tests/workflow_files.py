@@ -6,15 +6,16 @@ WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
 FRONTEND_ONLY_TYPES = {"Note", "MarkdownNote"}
 # Widgets the frontend adds after a widget, present in UI widgets_values but not in the API format.
 UI_ONLY_AFTER = {("LumiXSampler", "seed"): "control_after_generate", ("KSampler", "seed"): "control_after_generate",
-                 ("LoadImage", "image"): "upload"}
+                 ("LumiXNoise", "seed"): "control_after_generate", ("LoadImage", "image"): "upload"}
 
 
 def ui_files():
-    return sorted(p for p in WORKFLOW_DIR.glob("*.json") if not p.name.endswith("_api.json"))
+    """The UI-format workflows: every .json at the top of workflows/ (the template browser lists those)."""
+    return sorted(WORKFLOW_DIR.glob("*.json"))
 
 
 def api_twin(ui_path):
-    return ui_path.with_name(ui_path.stem + "_api.json")
+    return WORKFLOW_DIR / "api" / (Path(ui_path).stem + "_api.json")
 
 
 def load(path):

@@ -354,3 +354,58 @@ def test_preview_tiles_the_five_maps_of_the_first_scene(lumix_model, monkeypatch
     got = torch.tensor(__import__("numpy").asarray(image)).float()
     assert (got - expected).abs().mean() < 12  # JPEG-compressed
     assert (got[:, :SIZE // 8] - expected[:, :SIZE // 8]).abs().mean() < (got[:, :SIZE // 8] - expected[:, SIZE // 8:2 * SIZE // 8]).abs().mean()
+
+
+def reference_loop(model, noise, steps, width, height, pos, neg, cfg, guidance, held=None, clean=None):
+    """The reference's sampling written out independently (x-flux style): its sigmas, Euler steps
+    x += (t_prev - t_curr) * v, true CFG neg + cfg * (pos - neg) on separate passes, held maps fed as
+    their clean latent at t = 0 and never updated. Calls the same patched diffusion model directly."""
+    diffusion = model.get_model_object("diffusion_model")
+    options = model.model_options.get("transformer_options", {})
+    ts = formula_sigmas(width, height, steps) + [0.0]
+    x = noise.clone()
+    batch = x.shape[0]
+
+    def velocity(x, t, cond):
+        context = cond[0][0].expand(batch, -1, -1)
+        y = cond[0][1]["pooled_output"].expand(batch, -1)
+        with torch.no_grad():
+            return diffusion(x, t, context, y=y, guidance=torch.full((batch,), guidance), transformer_options=options)
+
+    for t_curr, t_prev in zip(ts[:-1], ts[1:]):
+        t = torch.full((batch,), t_curr)
+        if held is not None:
+            x[held] = clean[held]
+            t[held] = 0.0
+        v = velocity(x, t, pos)
+        if cfg != 1.0:
+            v_neg = velocity(x, t, neg)
+            v = v_neg + cfg * (v - v_neg)
+        step = x + (t_prev - t_curr) * v
+        x = torch.where(held.view(-1, 1, 1, 1), x, step) if held is not None else step
+    if held is not None:
+        x[held] = clean[held]
+    return x
+
+
+@pytest.mark.parametrize("mode", ["text", "decomposition"])
+def test_whole_run_matches_an_independent_reference_loop(lumix_model, mode):
+    from lumix_core.sampling import scene_noise
+    width, height, steps, seed = 128, 128, 6, 13  # 128x128: image_seq_len 1, so mu is not the 64x64 one
+    vae = TinyVAE()
+    color = photo(size=128) if mode == "decomposition" else None
+    maps = {"color": color} if color is not None else {}
+    *_, latent = sample(lumix_model, seed=seed, steps=steps, cfg=3.0, width=width, height=height, vae=vae, **maps)
+    noise = scene_noise((16, height // 8, width // 8), seed, 1)
+    inner = lumix_model.model
+    if mode == "text":
+        expected = reference_loop(lumix_model, noise, steps, width, height, conditioning(1), conditioning(2), 3.0, 3.5)
+    else:
+        clean = torch.zeros(5, 16, height // 8, width // 8)
+        clean[2] = inner.process_latent_in(vae.encode(color))[0]
+        held = torch.tensor([False, False, True, False, False])
+        expected = reference_loop(lumix_model, noise, steps, width, height, conditioning(1), None, 1.0, 1.0, held, clean)
+    expected = inner.process_latent_out(expected)
+    got = latent["samples"]
+    scale = expected.abs().mean()
+    assert (got - expected).abs().max() / scale < 1e-4

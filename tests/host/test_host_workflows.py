@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,7 +174,7 @@ def test_object_info_lists_the_lumix_nodes(server):
 
 def test_client_text_job_on_a_real_server(server, tmp_path):
     from PIL import Image
-    wf = tiny_workflow(REPO / "workflows" / "lumix_text_to_intrinsic_api.json", tmp_path)
+    wf = tiny_workflow(REPO / "workflows" / "api" / "lumix_text_to_intrinsic_api.json", tmp_path)
     result = run_client("--prompt", "a tiny test room", "--seed", "3", "--width", "64", "--height", "64",
                         "--steps", "2", "--server", server["address"], "--workflow", str(wf), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr + (server["base"] / "server.log").read_text()[-3000:]
@@ -189,7 +190,7 @@ def test_client_photo_job_on_a_real_server(server, tmp_path):
     from PIL import Image
     photo = tmp_path / "room.png"
     Image.new("RGB", (80, 64), (30, 120, 200)).save(photo)
-    wf = tiny_workflow(REPO / "workflows" / "lumix_photo_decomposition_api.json", tmp_path)
+    wf = tiny_workflow(REPO / "workflows" / "api" / "lumix_photo_decomposition_api.json", tmp_path)
     result = run_client("--photo", str(photo), "--prompt", "a blue room", "--width", "64", "--height", "64",
                         "--steps", "2", "--server", server["address"], "--workflow", str(wf), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr + (server["base"] / "server.log").read_text()[-3000:]
@@ -198,7 +199,7 @@ def test_client_photo_job_on_a_real_server(server, tmp_path):
 
 
 def test_client_reports_a_missing_model_file(server, tmp_path):
-    wf = load(REPO / "workflows" / "lumix_text_to_intrinsic_api.json")  # real model names: not on this server
+    wf = load(REPO / "workflows" / "api" / "lumix_text_to_intrinsic_api.json")  # real model names: not on this server
     path = tmp_path / "real.json"
     path.write_text(json.dumps(wf))
     result = run_client("--prompt", "x", "--server", server["address"], "--workflow", str(path), "--out", str(tmp_path))
@@ -216,7 +217,7 @@ def test_comfyui_reads_the_registry_metadata():
 
 
 def test_tools_workflow_runs_on_a_real_server(server, tmp_path):
-    wf = tiny_workflow(REPO / "workflows" / "lumix_text_to_intrinsic_tools_api.json", tmp_path)
+    wf = tiny_workflow(REPO / "workflows" / "api" / "lumix_text_to_intrinsic_tools_api.json", tmp_path)
     result = run_client("--prompt", "a tiny room", "--seed", "9", "--width", "64", "--height", "64", "--steps", "2",
                         "--server", server["address"], "--workflow", str(wf), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr + (server["base"] / "server.log").read_text()[-3000:]
@@ -227,3 +228,156 @@ def test_tools_workflow_runs_on_a_real_server(server, tmp_path):
     sidecar = json.loads(saved[-1].read_text())
     assert sidecar["generation"]["prompt"] == "a tiny room" and sidecar["generation"]["seed"] == 9
     assert set(sidecar["metrics"]) == {"photometric", "geometric", "structural"}
+
+
+# ---- what reaches the model when the shipped API workflows run (in this process) -----------------
+
+import math  # noqa: E402
+
+import comfy.patcher_extension  # noqa: E402
+import tiny_comfy  # noqa: E402
+
+MODEL_CALLS = []  # one entry per diffusion-model call of the recording model
+
+
+class RecordingFlux:
+    """A loader standing in for UNETLoader: the tiny FLUX with a wrapper recording every model call
+    (timesteps, guidance, batch, which conditions); the model itself is skipped (zeros) to stay fast."""
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "LumiX/tests"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        def record(executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
+                   transformer_options={}, **kwargs):
+            MODEL_CALLS.append({"t": timestep.double().clone(), "guidance": guidance.clone(), "batch": x.shape[0],
+                                "x": x.clone(), "conds": list(transformer_options.get("cond_or_uncond", []))})
+            return torch.zeros_like(x)
+        model = tiny_comfy.tiny_flux(seed=1)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "lumix_test_record", record)
+        return (model,)
+
+
+class StubServer:
+    client_id = last_node_id = last_prompt_id = None
+
+    def send_sync(self, *args, **kwargs):
+        pass
+
+
+def reference_timesteps(width, height, steps):
+    """The reference's sigmas (its FLUX shift with image_seq_len = (W//8)*(H//8)//256), written out here."""
+    n = (width // 8) * (height // 8) // 256
+    mu = 0.5 + (1.15 - 0.5) * (n - 256) / (4096 - 256)
+    return [math.exp(mu) / (math.exp(mu) + 1 / t - 1) for t in (1 - i / steps for i in range(steps))]
+
+
+@pytest.fixture()
+def run_shipped(placeholder_models, tmp_path, tmp_path_factory):
+    """Runs a shipped API workflow in this process with tiny models in place of the loaders."""
+    comfy_nodes.NODE_CLASS_MAPPINGS["LumiXTestRecordingFlux"] = RecordingFlux
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "lumix_test_fixtures", REPO / "tests" / "host" / "server_fixture" / "lumix_test_fixtures" / "__init__.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    comfy_nodes.NODE_CLASS_MAPPINGS.update(fixtures.NODE_CLASS_MAPPINGS)
+    lumix_dir = tmp_path_factory.mktemp("lumix_models")
+    save_file(official_state_dict(hidden=HIDDEN, R=4, double=DOUBLE, single=SINGLE, scale=0.5),
+              str(lumix_dir / "tiny_lumix.safetensors"))
+    folder_paths.add_model_folder_path("lumix", str(lumix_dir))
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+
+    def run(name, edit=None):
+        prompt = load(REPO / "workflows" / "api" / f"{name}_api.json")
+        replace = {"UNETLoader": "LumiXTestRecordingFlux", "DualCLIPLoader": "LumiXTestTinyCLIP",
+                   "VAELoader": "LumiXTestTinyVAE"}
+        for node in prompt.values():
+            if node["class_type"] in replace:
+                node["class_type"], node["inputs"] = replace[node["class_type"]], {}
+            if node["class_type"] == "LumiXTensorLoRALoader":
+                node["inputs"]["lumix_name"] = "tiny_lumix.safetensors"
+        if edit:
+            edit(prompt)
+        MODEL_CALLS.clear()
+        tiny_comfy.TOKENIZE_CALLS.clear()
+        executor = execution.PromptExecutor(StubServer())
+        outputs = [k for k, v in prompt.items() if is_output_node(comfy_nodes.NODE_CLASS_MAPPINGS[v["class_type"]])]
+        executor.execute(prompt, "lumix-test", {}, outputs)
+        assert executor.success, json.dumps(executor.status_messages, default=str)[-3000:]
+        return prompt, executor
+    return run
+
+
+def set_sampler(**values):
+    def edit(prompt):
+        for node in prompt.values():
+            if node["class_type"] in ("LumiXSampler", "LumiXReferenceSigmas", "LumiXEmptyLatent"):
+                node["inputs"].update({k: v for k, v in values.items() if k in node["inputs"]})
+    return edit
+
+
+def per_step(calls):
+    """[(timestep of a generated map, guidance values, conds, batch)] per sampling step: the model
+    calls of one step (ComfyUI may batch the positive and negative pass or run them one by one)
+    merged, in order."""
+    steps = []
+    for c in calls:
+        t = c["t"][0].item()
+        if steps and steps[-1][0] == t:
+            steps[-1][1].extend(c["guidance"].tolist())
+            steps[-1][2].extend(c["conds"])
+            steps[-1][3] += c["batch"]
+        else:
+            steps.append([t, c["guidance"].tolist(), list(c["conds"]), c["batch"]])
+    return [tuple(s) for s in steps]
+
+
+@pytest.mark.parametrize("name,width,height,steps", [
+    ("lumix_text_to_intrinsic", 512, 512, 50), ("lumix_text_to_intrinsic", 512, 512, 30),
+    ("lumix_text_to_intrinsic", 768, 512, 28), ("lumix_text_to_intrinsic", 1024, 1024, 30),
+    ("lumix_composable_sampler_custom_advanced", 512, 512, 50),
+    ("lumix_composable_sampler_custom_advanced", 768, 512, 28)])
+def test_text_workflows_run_the_references_schedule_guidance_and_cfg(run_shipped, name, width, height, steps):
+    edit = None if (width, height, steps) == (512, 512, 50) else set_sampler(width=width, height=height, steps=steps)
+    run_shipped(name, edit)
+    calls = per_step(MODEL_CALLS)
+    assert len(calls) == steps
+    torch.testing.assert_close(torch.tensor([c[0] for c in calls], dtype=torch.float64),
+                               torch.tensor(reference_timesteps(width, height, steps), dtype=torch.float64),
+                               rtol=1e-6, atol=1e-7)
+    for t, guidance, conds, batch in calls:
+        assert batch == 10 and sorted(conds) == [0, 1]  # 5 maps x (positive, negative) per step: true CFG
+        assert guidance == [3.5] * 10  # FluxGuidance 3.5 on both passes
+    first = MODEL_CALLS[0]["x"]
+    assert all(torch.equal(first[0], first[i]) for i in range(1, 5))  # one noise for the five maps
+    assert tiny_comfy.TOKENIZE_CALLS and all(c["t5xxl_min_length"] == 512 for c in tiny_comfy.TOKENIZE_CALLS)
+
+
+@pytest.mark.parametrize("photo_size,sampled", [((640, 480), (1536, 1152)), ((480, 640), (1152, 1536))])
+def test_photo_workflow_runs_the_references_decomposition(run_shipped, placeholder_models, photo_size, sampled):
+    from PIL import Image
+    Image.new("RGB", photo_size, (90, 140, 200)).save(Path(folder_paths.get_input_directory()) / "photo_test.png")
+
+    def edit(prompt):
+        for node in prompt.values():
+            if node["class_type"] == "LoadImage":
+                node["inputs"]["image"] = "photo_test.png"
+            if node["class_type"] == "LumiXSampler":
+                node["inputs"]["steps"] = 28
+    run_shipped("lumix_photo_decomposition", edit)
+    calls = per_step(MODEL_CALLS)
+    assert len(calls) == 28
+    torch.testing.assert_close(torch.tensor([c[0] for c in calls], dtype=torch.float64),
+                               torch.tensor(reference_timesteps(*sampled, 28), dtype=torch.float64), rtol=1e-6, atol=1e-7)
+    for call in MODEL_CALLS:
+        assert call["batch"] == 5 and call["conds"] == [0]  # no negative pass
+        assert call["guidance"].tolist() == [1.0] * 5  # guidance embed 1.0
+        assert call["t"][2] == 0  # the held photo at timestep 0
+        assert call["x"].shape[-2:] == (sampled[1] // 8, sampled[0] // 8)  # the photo's aspect, 1536x1152 budget
+    saved = sorted((Path(folder_paths.get_output_directory()) / "LumiX").glob("*.png"))
+    assert len(saved) == 4 and all(Image.open(p).size == sampled for p in saved)

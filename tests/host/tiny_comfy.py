@@ -88,11 +88,26 @@ def conditioning(seed, tokens=4, guidance=3.5):
              {"pooled_output": torch.randn(1, VEC, generator=g), "guidance": guidance}]]
 
 
+# Tokenizer options every TinyCLIP.tokenize call saw (what T5TokenizerOptions set), for the tests.
+TOKENIZE_CALLS = []
+
+
 class TinyCLIP:
-    """What CLIPTextEncode needs from a CLIP: tokenize and encode_from_tokens_scheduled. The
-    conditioning is a deterministic function of the text, at the tiny model's widths."""
+    """What CLIPTextEncode and T5TokenizerOptions need from a CLIP: clone, set_tokenizer_option,
+    tokenize and encode_from_tokens_scheduled. The conditioning is a deterministic function of the
+    text, at the tiny model's widths; each tokenize call records its tokenizer options."""
+
+    def __init__(self, tokenizer_options=None):
+        self.tokenizer_options = dict(tokenizer_options or {})
+
+    def clone(self):
+        return TinyCLIP(self.tokenizer_options)
+
+    def set_tokenizer_option(self, name, value):
+        self.tokenizer_options[name] = value
 
     def tokenize(self, text):
+        TOKENIZE_CALLS.append({"text": text, **self.tokenizer_options})
         return {"text": text}
 
     def encode_from_tokens_scheduled(self, tokens, add_dict={}):
