@@ -68,7 +68,8 @@ class LumiXConsistency(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LumiXConsistency", display_name="LumiX Map Consistency", category=categories.TOOLS,
-            # an output node, so that it runs and shows its report even with no output connected
+            # Tool nodes are output nodes: they run and show their readout with nothing connected, and
+            # ComfyUI sends a cached output node's readout again (not a cached intermediate node's).
             is_output_node=True,
             description="Measures whether the maps of each scene agree and shows the numbers in the node, "
                         "with a warning where a map looks misaligned or a number out of range. Any map may be "
@@ -124,6 +125,7 @@ class LumiXRelight(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LumiXRelight", display_name="LumiX Relight", category=categories.TOOLS,
+            is_output_node=True,
             description="Lambertian preview from albedo and normals under a directional light: a quick check "
                         "that geometry and materials hold together.",
             inputs=[
@@ -173,6 +175,7 @@ class LumiXDepthColormap(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LumiXDepthColormap", display_name="LumiX Depth Colormap", category=categories.TOOLS,
+            is_output_node=True,
             description="Shows a depth map in colour, normalised per image.",
             inputs=[io.Image.Input("depth"),
                     io.Combo.Input("colormap", options=list(COLORMAPS), default="turbo"),
@@ -206,6 +209,7 @@ class LumiXNormalFlip(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LumiXNormalFlip", display_name="LumiX Normal OpenGL <-> DirectX", category=categories.TOOLS,
+            is_output_node=True,
             description="Flips the green (y) axis of a normal map: LumiX writes OpenGL normals (+y up); "
                         "DirectX renderers (Unreal, 3ds Max) expect +y down.",
             inputs=[io.Image.Input("normal")],

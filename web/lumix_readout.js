@@ -5,6 +5,8 @@ import { app } from "../../scripts/app.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
 
 const WIDGET = "lumix_readout";
+// 11px monospace text: about 6.6 px a character, 13 px a line; the frontend's text box is at least ~60 px.
+const CHAR_WIDTH = 6.6, LINE_HEIGHT = 13, MAX_LINES = 10, MIN_BOX = 60;
 
 function readoutWidget(node) {
   let widget = node.widgets?.find((w) => w.name === WIDGET);
@@ -12,6 +14,7 @@ function readoutWidget(node) {
     widget = ComfyWidgets.STRING(node, WIDGET, ["STRING", { multiline: true }], app).widget;
     widget.element.readOnly = true;
     widget.element.style.fontSize = "11px";
+    widget.element.style.lineHeight = `${LINE_HEIGHT}px`;
     // Neither saved with the workflow nor sent with the prompt (it would change the node's cache key).
     widget.serialize = false;
     widget.options = { ...(widget.options ?? {}), serialize: false };
@@ -30,9 +33,12 @@ app.registerExtension({
       if (!Array.isArray(text) || text.length === 0) return;
       const widget = readoutWidget(this);
       widget.value = text.join("\n");
-      const lines = widget.value.split("\n").length;
-      const wanted = this.computeSize();
-      this.setSize([Math.max(this.size[0], 420, wanted[0]), Math.max(this.size[1], wanted[1] + 14 * Math.min(lines, 12))]);
+      // Grow downwards to show up to MAX_LINES wrapped lines (the box scrolls for more), never wider:
+      // workflows place neighbours beside a node, and room for the readout below it.
+      const perLine = Math.max(20, Math.floor((this.size[0] - 24) / CHAR_WIDTH));
+      const wrapped = widget.value.split("\n").reduce((n, line) => n + Math.max(1, Math.ceil(line.length / perLine)), 0);
+      const wanted = Math.min(wrapped, MAX_LINES) * LINE_HEIGHT + 10;
+      this.setSize([this.size[0], Math.max(this.size[1], this.computeSize()[1] + Math.max(0, wanted - MIN_BOX))]);
       this.setDirtyCanvas?.(true, true);
     };
   },

@@ -26,13 +26,15 @@ def shown(out):
     return text[0]
 
 
-def test_consistency_shows_its_report_and_runs_as_an_output_node(maps):
+def test_consistency_shows_its_report_and_tool_nodes_are_output_nodes(maps):
     good, _ = maps
     out = NODES["LumiXConsistency"].execute(FOV, "far is bright (LumiX)", **good)
     report = out.result[3]
     assert shown(out) == report and "WARNING" not in report
     assert float(report.split("photometric residual: ")[1].split()[0]) < 0.001
-    assert NODES["LumiXConsistency"].GET_NODE_INFO_V1()["output_node"] is True
+    for key in ("LumiXConsistency", "LumiXRelight", "LumiXDepthColormap", "LumiXNormalFlip"):
+        # output nodes run with nothing connected, and a cached one's readout is sent again
+        assert NODES[key].GET_NODE_INFO_V1()["output_node"] is True, key
 
 
 def test_consistency_warns_in_the_node_and_the_log_per_scene(maps, caplog):

@@ -1,0 +1,73 @@
+"""Prepare a ComfyUI copy for a look at the LumiX nodes in a real browser (scripts/ui_check/README.md).
+
+Links this checkout and the test-only tiny-model nodes into <comfyui>/custom_nodes, writes tiny random
+checkpoints into models/loras (one LumiX, one other LoRA, one damaged file: the loader's menu must show
+only the first), and writes the tools workflow with the tiny models in place of the real ones.
+Run with the Python of that ComfyUI:  python scripts/ui_check/prepare.py /path/to/ComfyUI out_dir
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "host")]
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from tiny_flux import official_state_dict  # noqa: E402
+
+# Sizes of tests/host/tiny_comfy.py's tiny FLUX, read from its "HIDDEN, HEADS, ... = 64, 2, ..." line
+# (importing it would import ComfyUI).
+TINY = {}
+for line in (REPO / "tests" / "host" / "tiny_comfy.py").read_text().splitlines():
+    if line.startswith("HIDDEN, "):
+        names, values = line.split("=")
+        TINY = dict(zip((n.strip() for n in names.split(",")), (int(v) for v in values.split("#")[0].split(","))))
+        break
+
+FIXTURES = {"UNETLoader": "LumiXTestTinyFlux", "DualCLIPLoader": "LumiXTestTinyCLIP", "VAELoader": "LumiXTestTinyVAE"}
+
+
+def link(target: Path, name: Path):
+    if name.is_symlink() or name.exists():
+        return
+    os.symlink(target, name)
+
+
+def tiny_tools_workflow(size=64, steps=2):
+    wf = json.loads((REPO / "workflows" / "lumix_text_to_intrinsic_tools.json").read_text())
+    for node in wf["nodes"]:
+        if node["type"] in FIXTURES:
+            node["type"], node["widgets_values"] = FIXTURES[node["type"]], []
+            node.get("properties", {}).pop("models", None)
+        elif node["type"] == "LumiXTensorLoRALoader":
+            node["widgets_values"][0] = "lumix_in_loras.safetensors"
+        elif node["type"] == "LumiXSampler":
+            values = node["widgets_values"]  # seed, control, steps, cfg, sampler, scheduler, width, height, ...
+            values[2], values[6], values[7] = steps, size, size
+        elif node["type"] == "ModelSamplingFlux":
+            node["widgets_values"][2:4] = [size, size]
+    return wf
+
+
+def main(comfyui: Path, out: Path):
+    custom = comfyui / "custom_nodes"
+    custom.mkdir(exist_ok=True)
+    link(REPO, custom / "comfyui-lumix")
+    link(REPO / "tests" / "host" / "server_fixture" / "lumix_test_fixtures", custom / "lumix_test_fixtures")
+    loras = comfyui / "models" / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    save_file(official_state_dict(hidden=TINY["HIDDEN"], R=4, double=TINY["DOUBLE"], single=TINY["SINGLE"], scale=0.5),
+              str(loras / "lumix_in_loras.safetensors"))
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 16)},
+              str(loras / "some_style_lora.safetensors"))
+    (loras / "damaged.safetensors").write_bytes(b"\x00" * 32)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tiny_tools_workflow.json").write_text(json.dumps(tiny_tools_workflow()))
+    print(f"ready: {custom}, {loras}, {out / 'tiny_tools_workflow.json'}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve())
