@@ -78,7 +78,8 @@ def test_easycache_skips_steps_and_held_maps_stay_exact(lumix_name, caplog):
     try:
         with caplog.at_level(logging.INFO):
             *images, latent = Sampler.execute(cached, conditioning(1), conditioning(2), vae, 0, steps, 1.0, "euler",
-                                              "simple", SIZE, SIZE, 1, True, color=color).result
+                                              "simple", SIZE, SIZE, 1, True, color=color,
+                                              held_maps_size="width x height").result
     finally:
         handle.remove()
     assert 0 < len(runs) < steps, f"EasyCache ran the model {len(runs)} times in {steps} steps"
