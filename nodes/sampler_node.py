@@ -131,6 +131,10 @@ class LumiXSampler(io.ComfyNode):
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
                  if image is not None}
         width, height = sampled_size(given, width, height, held_maps_size, area_width, area_height)
+        if given and output_size == OUTPUT_ORIGINAL and held_maps_resize != RESIZE_STRETCH:
+            raise ValueError("LumiX: output_size \"given map's original size\" stretches the maps back to the photo, "
+                             "which only lines up with held_maps_resize 'stretch (as the reference)'; a cropped "
+                             "photo cannot be restored. Set held_maps_resize to stretch or output_size to sampled size.")
         warning = _check_inputs(model, width, height, scenes, given)
         if warning:
             warn_user(cls.hidden.unique_id if cls.hidden else None, warning)

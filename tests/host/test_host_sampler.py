@@ -241,6 +241,12 @@ def test_errors_say_what_to_do(lumix_model):
         sample(lumix_model, width=72)
     with pytest.raises(ValueError, match="color input holds 2 image\\(s\\) but scenes is 1"):
         sample(lumix_model, color=photo(n=2))
+    with pytest.raises(ValueError, match="only lines up with held_maps_resize 'stretch"):
+        sample(lumix_model, color=photo(), held_maps_resize="cover and centre-crop", output_size="given map's original size")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        sample(lumix_model, schedule="karras")
+    with pytest.raises(ValueError, match="unknown held_maps_guidance"):
+        sample(lumix_model, color=photo(), held_maps_guidance="strong")
     with pytest.raises(ValueError, match="all five maps are given"):
         sample(lumix_model, **{name: photo() for name in MAP_NAMES})
 
