@@ -191,35 +191,37 @@ def preview(node_id, pos, source, slot, title):
 
 
 def text_to_intrinsic_with_tools():
-    """Text to intrinsic, then the map tools: metrics, relighting, a depth view and lossless export."""
+    """Text to intrinsic, then the map tools: metrics, relighting, a depth view and lossless export.
+    Every node that reads the maps sits in the column right of the sampler (short links); what shows
+    their results sits to their right."""
     maps = {name: (10, i, "IMAGE") for i, name in enumerate(MAP_NAMES)}
-    x = COL_OUT
+    x, x2 = COL_OUT, COL_OUT + 340
     return shared_nodes() + [sampler(3.0)] + [
         Node(40, "LumiXConsistency", (x, 80), (300, 200), "LumiX Map Consistency",
              widgets={"fov_degrees": 60.0, "depth_convention": "far is bright (LumiX)"}, inputs=dict(maps),
              outputs=(("photometric_heatmap", "IMAGE"), ("geometric_heatmap", "IMAGE"),
                       ("structural_heatmap", "IMAGE"), ("report", "STRING"))),
-        Node(49, "PreviewAny", (x, 330), (300, 200), "Consistency report", inputs={"source": (40, 3, "STRING")}),
-        preview(41, (x + 340, 80), 40, 0, "Photometric residual"),
-        preview(42, (x + 660, 80), 40, 1, "Geometric residual"),
-        preview(43, (x + 980, 80), 40, 2, "Structural alignment"),
-        Node(44, "LumiXRelight", (x, 600), (300, 250), "LumiX Relight",
+        Node(49, "PreviewAny", (x2, 80), (300, 200), "Consistency report", inputs={"source": (40, 3, "STRING")}),
+        preview(41, (x2 + 340, 80), 40, 0, "Photometric residual"),
+        preview(42, (x2 + 660, 80), 40, 1, "Geometric residual"),
+        preview(43, (x2 + 980, 80), 40, 2, "Structural alignment"),
+        Node(44, "LumiXRelight", (x, 480), (300, 250), "LumiX Relight",
              widgets={"azimuth": 45.0, "elevation": 45.0, "light_color": "#ffffff", "intensity": 1.0, "ambient": 0.15},
              inputs={"albedo": maps["albedo"], "normal": maps["normal"], "irradiance": maps["irradiance"]},
              outputs=(("image", "IMAGE"),)),
-        preview(45, (x + 340, 600), 44, 0, "Relit preview"),
-        Node(46, "LumiXDepthColormap", (x, 920), (300, 130), "LumiX Depth Colormap",
+        preview(45, (x2, 480), 44, 0, "Relit preview"),
+        Node(46, "LumiXDepthColormap", (x, 880), (300, 130), "LumiX Depth Colormap",
              widgets={"colormap": "turbo", "near_is_high": True, "depth_convention": "far is bright (LumiX)"},
              inputs={"depth": maps["depth"]}, outputs=(("image", "IMAGE"),)),
-        preview(47, (x + 340, 1000), 46, 0, "Depth (near = warm)"),
-        Node(48, "LumiXSaveMaps", (x + 660, 600), (600, 560), "LumiX Save Maps",
+        preview(47, (x2, 880), 46, 0, "Depth (near = warm)"),
+        Node(48, "LumiXSaveMaps", (x, 1280), (600, 560), "LumiX Save Maps",
              widgets={"filename_prefix": "LumiX/scene", "fov_degrees": 60.0}, inputs=dict(maps)),
         note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
         note(31, NOTE_POS,
              "Map tools (right of the sampler): the consistency node measures whether the maps agree; its report "
-             "shows in 'Consistency report' below it and its heat maps to its right (darker is better). Relight "
-             "checks albedo and normals together; Save Maps writes each scene to output/LumiX/scene_NNNNN/ with "
-             "16-bit depth/normal PNGs, EXR (pip install openexr) and lumix.json.\n\n" + T5_NOTE, NOTE_SIZE),
+             "shows in 'Consistency report' to its right, then its heat maps (darker is better). Relight checks "
+             "albedo and normals together; Save Maps writes each scene to output/LumiX/scene_NNNNN/ with 16-bit "
+             "depth/normal PNGs, EXR (pip install openexr) and lumix.json.\n\n" + T5_NOTE, NOTE_SIZE),
     ]
 
 
