@@ -67,3 +67,19 @@ def check_grouped_batch(batch_size: int, maps_per_scene: int, what: str = "batch
             f"{maps_per_scene} latents per scene."
         )
     return batch_size // maps_per_scene
+
+
+def check_sampled_batch(model_batch: int, passes: int, maps_per_scene: int) -> int:
+    """Scenes in one model call that batches `passes` conditions (positive, negative, ...) over the
+    sampler's latent batch; the error counts the latents the user set, not the passes' total."""
+    passes = max(passes, 1)
+    if maps_per_scene >= 1 and model_batch % (passes * maps_per_scene) == 0:
+        return model_batch // (passes * maps_per_scene)
+    user_batch = model_batch // passes if model_batch % passes == 0 else model_batch
+    if maps_per_scene < 1 or user_batch % maps_per_scene == 0:
+        return check_grouped_batch(model_batch, maps_per_scene)
+    raise ValueError(
+        f"LumiX samples whole scenes of {maps_per_scene} maps (map index fastest), but the sampler's latent "
+        f"batch has {user_batch} latents, which is not a multiple of {maps_per_scene}. Set the batch size to a "
+        f"multiple of {maps_per_scene} (LumiX Empty Latent does: scenes x {maps_per_scene}), or use the LumiX "
+        f"Intrinsic Sampler.")

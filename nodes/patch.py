@@ -14,6 +14,7 @@ import torch
 import comfy.ldm.flux.math as flux_math
 
 from ..lumix_core import MAP_COUNT, SOURCE_MAP_INDEX, double_block_forward, single_block_forward
+from ..lumix_core.maps import check_sampled_batch
 from .flux_model import flux_diffusion_model
 
 SETTINGS_KEY = "lumix"
@@ -101,6 +102,8 @@ class LumiXBlockPatch:
         def attention(q, k, v, pe, mask):
             return flux_math.attention(q, k, v, pe=pe, mask=mask, transformer_options=options)
 
+        # The batch as the user set it (the model sees it once per batched condition, e.g. x2 with CFG).
+        check_sampled_batch(args["img"].shape[0], len(options.get("cond_or_uncond") or ()), settings.maps_per_scene)
         kv, proj = settings.adapters_for(self.kind, self.index)
         common = dict(maps_per_scene=settings.maps_per_scene, source_map=settings.source_map,
                       query_broadcast=settings.query_broadcast, kv_lora=kv, proj_lora=proj,

@@ -132,6 +132,10 @@ class LumiXSampler(io.ComfyNode):
                 output_size=OUTPUT_SAMPLED) -> io.NodeOutput:
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
                  if image is not None}
+        if given and output_size == OUTPUT_ORIGINAL and held_maps_resize != RESIZE_STRETCH:
+            raise ValueError("LumiX: output_size \"given map's original size\" stretches the maps back to the photo, "
+                             "which only lines up with held_maps_resize 'stretch (as the reference)'; a cropped "
+                             "photo cannot be restored. Set held_maps_resize to stretch or output_size to sampled size.")
         warning = _check_inputs(model, width, height, scenes, given)
         width, height = sampled_size(given, width, height, held_maps_size, area_width, area_height)
         no_cfg = bool(given) and held_maps_guidance == HELD_GUIDANCE_REFERENCE  # the negative pass never runs

@@ -93,15 +93,15 @@ def shared_nodes():
         Node(1, "UNETLoader", (COL_LOADERS, 80), (320, 82), "Load FLUX.1-dev",
              widgets={"unet_name": FLUX_UNET, "weight_dtype": "default"}, outputs=(("MODEL", "MODEL"),),
              models=(FLUX_UNET,)),
-        Node(2, "DualCLIPLoader", (COL_LOADERS, 220), (320, 130), "Load text encoders",
+        Node(2, "DualCLIPLoader", (COL_LOADERS, 330), (320, 130), "Load text encoders",
              widgets={"clip_name1": CLIP_L, "clip_name2": T5XXL, "type": "flux", "device": "default"},
              outputs=(("CLIP", "CLIP"),), models=(CLIP_L, T5XXL)),
-        Node(3, "VAELoader", (COL_LOADERS, 410), (320, 58), "Load FLUX VAE",
+        Node(3, "VAELoader", (COL_LOADERS, 220), (320, 58), "Load FLUX VAE",
              widgets={"vae_name": FLUX_VAE}, outputs=(("VAE", "VAE"),), models=(FLUX_VAE,)),
         Node(4, "LumiXTensorLoRALoader", (COL_MODEL, 80), (330, 130), "LumiX Tensor LoRA Loader",
              widgets={"lumix_name": LUMIX_CHECKPOINT, "strength": 1.0, "query_broadcast": True},
              inputs={"model": (1, 0, "MODEL")}, outputs=(("MODEL", "MODEL"),)),
-        Node(5, "T5TokenizerOptions", (COL_MODEL, 270), (330, 82), "T5 padded to 512 tokens (as the reference)",
+        Node(5, "T5TokenizerOptions", (COL_MODEL, 280), (330, 82), "T5 padded to 512 tokens (as the reference)",
              widgets={"min_padding": 0, "min_length": T5_MIN_LENGTH},
              inputs={"clip": (2, 0, "CLIP")}, outputs=(("CLIP", "CLIP"),)),
         Node(6, "CLIPTextEncode", (COL_MODEL, 410), (420, 170), POSITIVE_TITLE,
@@ -191,66 +191,69 @@ def preview(node_id, pos, source, slot, title):
 
 
 def text_to_intrinsic_with_tools():
-    """Text to intrinsic, then the map tools: metrics, relighting, a depth view and lossless export."""
+    """Text to intrinsic, then the map tools: metrics, relighting, a depth view and lossless export.
+    Every node that reads the maps sits in the column right of the sampler (short links); what shows
+    their results sits to their right. The tool nodes' sizes include the readout box that shows their
+    numbers after a run (web/lumix_readout.js), so nothing below them is covered then."""
     maps = {name: (10, i, "IMAGE") for i, name in enumerate(MAP_NAMES)}
-    x = COL_OUT
+    x, x2 = COL_OUT, COL_OUT + 340
     return shared_nodes() + [sampler(3.0)] + [
-        Node(40, "LumiXConsistency", (x, 80), (300, 200), "LumiX Map Consistency",
+        Node(40, "LumiXConsistency", (x, 80), (300, 300), "LumiX Map Consistency",
              widgets={"fov_degrees": 60.0, "depth_convention": "far is bright (LumiX)"}, inputs=dict(maps),
              outputs=(("photometric_heatmap", "IMAGE"), ("geometric_heatmap", "IMAGE"),
                       ("structural_heatmap", "IMAGE"), ("report", "STRING"))),
-        Node(49, "PreviewAny", (x, 330), (300, 200), "Consistency report", inputs={"source": (40, 3, "STRING")}),
-        preview(41, (x + 340, 80), 40, 0, "Photometric residual"),
-        preview(42, (x + 660, 80), 40, 1, "Geometric residual"),
-        preview(43, (x + 980, 80), 40, 2, "Structural alignment"),
-        Node(44, "LumiXRelight", (x, 600), (300, 250), "LumiX Relight",
+        Node(49, "PreviewAny", (x2, 80), (300, 200), "Consistency report", inputs={"source": (40, 3, "STRING")}),
+        preview(41, (x2 + 340, 80), 40, 0, "Photometric residual"),
+        preview(42, (x2 + 660, 80), 40, 1, "Geometric residual"),
+        preview(43, (x2 + 980, 80), 40, 2, "Structural alignment"),
+        Node(44, "LumiXRelight", (x, 480), (300, 320), "LumiX Relight",
              widgets={"azimuth": 45.0, "elevation": 45.0, "light_color": "#ffffff", "intensity": 1.0, "ambient": 0.15},
              inputs={"albedo": maps["albedo"], "normal": maps["normal"], "irradiance": maps["irradiance"]},
              outputs=(("image", "IMAGE"),)),
-        preview(45, (x + 340, 600), 44, 0, "Relit preview"),
-        Node(46, "LumiXDepthColormap", (x, 920), (300, 130), "LumiX Depth Colormap",
+        preview(45, (x2, 480), 44, 0, "Relit preview"),
+        Node(46, "LumiXDepthColormap", (x, 880), (300, 170), "LumiX Depth Colormap",
              widgets={"colormap": "turbo", "near_points": True, "depth_convention": "far is bright (LumiX)"},
              inputs={"depth": maps["depth"]}, outputs=(("image", "IMAGE"),)),
-        preview(47, (x + 340, 1000), 46, 0, "Depth (near = warm)"),
-        Node(48, "LumiXSaveMaps", (x + 660, 600), (600, 560), "LumiX Save Maps",
+        preview(47, (x2, 880), 46, 0, "Depth (near = warm)"),
+        Node(48, "LumiXSaveMaps", (x, 1280), (600, 560), "LumiX Save Maps",
              widgets={"filename_prefix": "LumiX/scene", "fov_degrees": 60.0}, inputs=dict(maps)),
         note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
         note(31, NOTE_POS,
              "Map tools (right of the sampler): the consistency node measures whether the maps agree; its report "
-             "shows in 'Consistency report' below it and its heat maps to its right (darker is better). Relight "
-             "checks albedo and normals together; Save Maps writes each scene to output/LumiX/scene_NNNNN/ with "
-             "16-bit depth/normal PNGs, EXR (pip install openexr) and lumix.json.\n\n" + T5_NOTE, NOTE_SIZE),
+             "shows in 'Consistency report' to its right, then its heat maps (darker is better). Relight checks "
+             "albedo and normals together; Save Maps writes each scene to output/LumiX/scene_NNNNN/ with 16-bit "
+             "depth/normal PNGs, EXR (pip install openexr) and lumix.json.\n\n" + T5_NOTE, NOTE_SIZE),
     ]
 
 
 def composable_sampler_custom_advanced():
     """The composable route: LumiX latent, noise and sigmas with core CFGGuider + SamplerCustomAdvanced."""
-    x = COL_SAMPLER
+    x, x4, x5 = COL_SAMPLER, COL_SAMPLER + 380, COL_SAMPLER + 760
     return shared_nodes() + [
         Node(12, "LumiXEmptyLatent", (x, 80), (330, 170), "LumiX Empty Latent",
              widgets={"width": 512, "height": 512, "scenes": 1, "area_width": 1536, "area_height": 1152},
              outputs=(("LATENT", "LATENT"),)),
-        Node(13, "LumiXNoise", (x, 310), (330, 106), "LumiX Noise",
+        Node(13, "LumiXNoise", (x, 300), (330, 106), "LumiX Noise",
              widgets={"seed": 42, "shared_noise": True}, extra_ui_widgets={"seed": "fixed"},
              outputs=(("NOISE", "NOISE"),)),
-        Node(14, "LumiXReferenceSigmas", (x, 470), (330, 130), "LumiX Reference Sigmas",
-             widgets={"steps": 50, "width": 512, "height": 512}, inputs={"latent": (12, 0, "LATENT")},
-             outputs=(("SIGMAS", "SIGMAS"),)),
-        Node(15, "KSamplerSelect", (x, 660), (330, 58), "Sampler", widgets={"sampler_name": "euler"},
-             outputs=(("SAMPLER", "SAMPLER"),)),
-        Node(16, "CFGGuider", (COL_GUIDE, 80), (300, 100), "CFG 3.0 (as the reference)",
+        Node(16, "CFGGuider", (x, 460), (330, 100), "CFG 3.0 (as the reference)",
              widgets={"cfg": 3.0}, inputs={"model": (4, 0, "MODEL"), "positive": (8, 0, "CONDITIONING"),
                                            "negative": (9, 0, "CONDITIONING")},
              outputs=(("GUIDER", "GUIDER"),)),
-        Node(17, "SamplerCustomAdvanced", (x + 380, 80), (320, 420), "SamplerCustomAdvanced",
+        Node(15, "KSamplerSelect", (x, 620), (330, 58), "Sampler", widgets={"sampler_name": "euler"},
+             outputs=(("SAMPLER", "SAMPLER"),)),
+        Node(14, "LumiXReferenceSigmas", (x4, 560), (330, 130), "LumiX Reference Sigmas",
+             widgets={"steps": 50, "width": 512, "height": 512}, inputs={"latent": (12, 0, "LATENT")},
+             outputs=(("SIGMAS", "SIGMAS"),)),
+        Node(17, "SamplerCustomAdvanced", (x5, 80), (320, 420), "SamplerCustomAdvanced",
              inputs={"noise": (13, 0, "NOISE"), "guider": (16, 0, "GUIDER"), "sampler": (15, 0, "SAMPLER"),
                      "sigmas": (14, 0, "SIGMAS"), "latent_image": (12, 0, "LATENT")},
              outputs=(("output", "LATENT"), ("denoised_output", "LATENT"))),
-        Node(18, "LumiXSplitMaps", (x + 380, 560), (320, 150), "LumiX Split Maps",
+        Node(18, "LumiXSplitMaps", (x5, 560), (320, 150), "LumiX Split Maps",
              inputs={"latent": (17, 0, "LATENT"), "vae": (3, 0, "VAE")},
              outputs=tuple((name, "IMAGE") for name in MAP_NAMES)),
     ] + image_grid(20, "SaveImage", [(name, (18, i, "IMAGE")) for i, name in enumerate(MAP_NAMES)],
-                   x0=COL_OUT + 420) + [
+                   x0=x5 + 380) + [
         note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
         note(31, NOTE_POS,
              "The composable route, exactly what the LumiX Intrinsic Sampler runs: LumiX Empty Latent (scenes x 5 "

@@ -28,3 +28,14 @@ def test_grouped_batch():
         check_grouped_batch(12, 5)
     with pytest.raises(ValueError, match="at least 1"):
         check_grouped_batch(4, 0)
+
+
+def test_sampled_batch_errors_count_the_users_latents():
+    import pytest
+    from lumix_core.maps import check_sampled_batch
+    assert check_sampled_batch(20, 2, 5) == 2 and check_sampled_batch(5, 1, 5) == 1 and check_sampled_batch(10, 0, 5) == 2
+    with pytest.raises(ValueError, match="batch has 4 latents, which is not a multiple of 5") as err:
+        check_sampled_batch(8, 2, 5)  # KSampler, batch 4, CFG: the model sees 8
+    assert "8" not in str(err.value)
+    with pytest.raises(ValueError, match="batch has 7 latents"):
+        check_sampled_batch(7, 1, 5)

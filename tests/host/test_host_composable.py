@@ -117,3 +117,9 @@ def test_hold_maps_errors(lumix_model):
         NODES["LumiXHoldMaps"].execute(lumix_model, TinyVAE(), latent, color=photo())
     with pytest.raises(ValueError, match="not whole scenes"):
         NODES["LumiXNoise"].execute(0, True).result[0].generate_noise({"samples": torch.zeros(3, 16, 2, 2)})
+
+
+def test_plain_ksampler_batch_error_counts_the_users_batch(lumix_model):
+    latent = comfy_nodes.EmptyLatentImage().generate(SIZE, SIZE, 4)[0]
+    with pytest.raises(ValueError, match="batch has 4 latents, which is not a multiple of 5"):
+        comfy_nodes.KSampler().sample(lumix_model, 0, 1, 3.0, "euler", "simple", conditioning(1), conditioning(2), latent)

@@ -1,6 +1,7 @@
 """LumiX Intrinsic Sampler inside a real ComfyUI: tiny FLUX, tiny VAE, real comfy.sample."""
 import logging
 
+import numpy
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from comfy_host import (TinyVAE, conditioning, load_extension, tiny_flux,
 
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
+import comfy.samplers  # noqa: E402
 import comfy.utils  # noqa: E402
 from lumix_core import MAP_NAMES  # noqa: E402
 
@@ -241,6 +243,12 @@ def test_errors_say_what_to_do(lumix_model):
         sample(lumix_model, width=72)
     with pytest.raises(ValueError, match="color input holds 2 image\\(s\\) but scenes is 1"):
         sample(lumix_model, color=photo(n=2))
+    with pytest.raises(ValueError, match="only lines up with held_maps_resize 'stretch"):
+        sample(lumix_model, color=photo(), held_maps_resize="cover and centre-crop", output_size="given map's original size")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        sample(lumix_model, schedule="karras")
+    with pytest.raises(ValueError, match="unknown held_maps_guidance"):
+        sample(lumix_model, color=photo(), held_maps_guidance="strong")
     with pytest.raises(ValueError, match="all five maps are given"):
         sample(lumix_model, **{name: photo() for name in MAP_NAMES})
 
@@ -331,7 +339,7 @@ def test_preview_tiles_the_five_maps_of_the_first_scene(lumix_model, monkeypatch
     import latent_preview
     from comfy.cli_args import LatentPreviewMethod
     monkeypatch.setattr(latent_preview.args, "preview_method", LatentPreviewMethod.Latent2RGB)
-    previews, x0s = [], []
+    previews = []
     model, spy = spied(lumix_model)
 
     def hook(value, total, preview, node_id=None):
@@ -349,9 +357,9 @@ def test_preview_tiles_the_five_maps_of_the_first_scene(lumix_model, monkeypatch
     latent_format = lumix_model.model.latent_format
     single = latent_preview.Latent2RGBPreviewer(latent_format.latent_rgb_factors, latent_format.latent_rgb_factors_bias)
     x0 = lumix_model.model.process_latent_in(latent["samples"])  # the last preview shows the final x0
-    parts = [torch.tensor(__import__("numpy").asarray(single.decode_latent_to_preview(x0[i:i + 1]))) for i in range(5)]
+    parts = [torch.from_numpy(numpy.array(single.decode_latent_to_preview(x0[i:i + 1]))) for i in range(5)]
     expected = torch.cat(parts, dim=1).float()
-    got = torch.tensor(__import__("numpy").asarray(image)).float()
+    got = torch.from_numpy(numpy.array(image)).float()
     assert (got - expected).abs().mean() < 12  # JPEG-compressed
     assert (got[:, :SIZE // 8] - expected[:, :SIZE // 8]).abs().mean() < (got[:, :SIZE // 8] - expected[:, SIZE // 8:2 * SIZE // 8]).abs().mean()
 
