@@ -71,7 +71,7 @@ def depth_readout(depth: torch.Tensor, near_is_bright_input: bool) -> tuple[str,
     """One image's depth range as the colour map stretches it, and a warning when it is flat."""
     value = decode_depth(depth.double(), near_is_bright_input)  # 0 near .. 1 far
     low, high = value.min().item(), value.max().item()
-    line = f"relative distance {low:.3f} (nearest) to {high:.3f} (farthest), stretched over the colour map"
+    line = f"relative distance {low:.3f} (nearest) to {high:.3f} (farthest)"
     warnings = []
     if high - low < FLAT_DEPTH_RANGE:
         warnings.append(f"depth is flat (range {high - low:.1e}): the colour map shows nothing; is this a depth map?")
