@@ -25,8 +25,10 @@ FLAT_DEPTH_RANGE = 1e-3
 # Normals: mean length of 2*rgb-1 and share facing the camera (+z) expected of a camera-space normal map.
 NORMAL_LENGTH_RANGE = (0.7, 1.3)
 MIN_FACING_CAMERA = 0.5
-# Relight: share of pixels at white (any channel) above which the preview is overexposed.
+# Relight: share of pixels at white (any channel) above which the preview is overexposed, and share
+# the light must reach (n.l > 0) for the preview to show anything but ambient light.
 CLIPPED_LIMIT = 0.1
+MIN_LIT = 0.05
 
 
 def consistency_warnings(report: ConsistencyReport) -> list[str]:
@@ -69,7 +71,7 @@ def depth_readout(depth: torch.Tensor, near_is_bright_input: bool) -> tuple[str,
     """One image's depth range as the colour map stretches it, and a warning when it is flat."""
     value = decode_depth(depth.double(), near_is_bright_input)  # 0 near .. 1 far
     low, high = value.min().item(), value.max().item()
-    line = f"relative distance {low:.3f} (nearest) to {high:.3f} (farthest), stretched over the colour map"
+    line = f"relative distance {low:.3f} (nearest) to {high:.3f} (farthest)"
     warnings = []
     if high - low < FLAT_DEPTH_RANGE:
         warnings.append(f"depth is flat (range {high - low:.1e}): the colour map shows nothing; is this a depth map?")
@@ -96,7 +98,7 @@ def relight_readout(normal: torch.Tensor, light_dir: torch.Tensor, relit: torch.
     lit = ((n * light_dir.double().to(n.device)).sum(-1) > 0).double().mean().item()
     clipped = (relit[..., :3] >= 1.0 - 1e-6).any(-1).double().mean().item()
     warnings = []
-    if lit < 0.05:
+    if lit < MIN_LIT:
         warnings.append(f"the light reaches only {100 * lit:.0f}% of pixels: it shines from behind the surfaces; "
                         "change azimuth/elevation (or flip a DirectX normal map)")
     if clipped > CLIPPED_LIMIT:

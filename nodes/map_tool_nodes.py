@@ -156,8 +156,9 @@ class LumiXRelight(io.ComfyNode):
             raise ValueError(f"LumiX Relight: {exc}") from None
         out = relight(albedo, normal, azimuth, elevation, rgb, intensity, ambient, irradiance).float()
         direction = light_direction(azimuth, elevation)
-        lines = [f"light from ({direction[0]:+.2f}, {direction[1]:+.2f}, {direction[2]:+.2f}) (camera space, +z = "
-                 f"towards the viewer), colour ({rgb[0]:.2f}, {rgb[1]:.2f}, {rgb[2]:.2f}) x {intensity:g}; "
+        # short lines: the node shows them in a small box (direction in camera space, +z towards the viewer)
+        lines = [f"light from ({direction[0]:+.2f}, {direction[1]:+.2f}, {direction[2]:+.2f}), colour "
+                 f"({rgb[0]:.2f}, {rgb[1]:.2f}, {rgb[2]:.2f}) x {intensity:g}, "
                  f"ambient {ambient:g} x {'irradiance' if irradiance is not None else 'white'}"]
         warnings = []
         for i in range(out.shape[0]):
@@ -195,7 +196,7 @@ class LumiXDepthColormap(io.ComfyNode):
         input_near_is_bright = depth_convention == DEPTH_CONVENTIONS[1]
         out = colorize_depth(depth.double(), colormap, input_near_is_bright, near_points)
         end = "top (warm/bright)" if near_points else "bottom (cool/dark)"
-        lines, warnings = [f"near points at the {end} end of {colormap}; each image stretched to its own range"], []
+        lines, warnings = [f"near points at the {end} end of {colormap}, range stretched per image"], []
         for i in range(depth.shape[0]):
             line, flat = depth_readout(depth[i], input_near_is_bright)
             prefix = _per_image("image", i, depth.shape[0])

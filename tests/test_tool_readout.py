@@ -7,7 +7,7 @@ import torch
 from lumix_core import MAP_NAMES
 from lumix_core.metrics import consistency
 from lumix_core.relight import light_direction, relight
-from lumix_core.tool_readout import (CLIPPED_LIMIT, GEOMETRIC_LIMIT_DEGREES, PHOTOMETRIC_RELATIVE_LIMIT,
+from lumix_core.tool_readout import (CLIPPED_LIMIT, GEOMETRIC_LIMIT_DEGREES, MIN_LIT, PHOTOMETRIC_RELATIVE_LIMIT,
                                      consistency_warnings, depth_readout, normal_readout, relight_readout)
 from synthetic_scene import FOV, scene
 
@@ -87,8 +87,8 @@ def test_relight_readout_counts_lit_and_clipped_pixels(sc, elevation):
     lit = ((sc["N"] * direction).sum(-1) > 0).double().mean().item()
     assert stats["lit"] == pytest.approx(lit)
     assert stats["clipped"] == pytest.approx((out >= 1 - 1e-6).any(-1).double().mean().item())
-    assert any("shines from behind" in w for w in warnings) == (lit < 0.05)
-    assert (elevation == -90.0) == (lit < 0.05)
+    assert any("shines from behind" in w for w in warnings) == (lit < MIN_LIT)
+    assert (elevation == -90.0) == (lit < MIN_LIT)
 
 
 def test_relight_readout_flags_overexposure(sc):
@@ -96,3 +96,15 @@ def test_relight_readout_flags_overexposure(sc):
     out = relight(sc["albedo"], sc["normal"], 0.0, 90.0, (1.0, 1.0, 1.0), 20.0, 0.15)
     stats, warnings = relight_readout(sc["normal"], direction, out)
     assert stats["clipped"] > CLIPPED_LIMIT and any("clipped at white" in w for w in warnings)
+
+
+def test_the_readme_states_the_warning_thresholds_in_use():
+    from pathlib import Path
+
+    from lumix_core import tool_readout as t
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().replace("\n", " ")
+    for phrase in (f"over {100 * t.PHOTOMETRIC_RELATIVE_LIMIT:.0f}% of the mean color",
+                   f"over {t.GEOMETRIC_LIMIT_DEGREES:.0f} deg", f"under {100 * t.MIN_VALID_GEOMETRY:.0f}% of the pixels",
+                   f"under {t.STRUCTURAL_LIMIT}", f"clips over {100 * t.CLIPPED_LIMIT:.0f}%",
+                   f"reaches under {100 * t.MIN_LIT:.0f}% of the pixels"):
+        assert phrase in readme, phrase

@@ -29,7 +29,7 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
-      const text = message?.text;
+      const text = typeof message?.text === "string" ? [message.text] : message?.text;
       if (!Array.isArray(text) || text.length === 0) return;
       const widget = readoutWidget(this);
       widget.value = text.join("\n");
