@@ -48,7 +48,7 @@ def pytorch_attention(model):
     return clone
 
 
-def sample(model, steps=2, seed=0, **maps):
+def sample(model, steps=1, seed=0, **maps):
     return Sampler.execute(model, conditioning(1), conditioning(2), TinyVAE(), seed, steps, 1.0, "euler", "simple",
                            SIZE, SIZE, 1, True, **maps).result
 
