@@ -206,3 +206,16 @@ def test_loaded_adapters_do_not_change_when_the_file_is_overwritten_in_place(fol
     with open(other, "rb") as src, open(path, "r+b") as dst:  # same inode, new bytes
         dst.write(src.read())
     assert torch.equal(run_model(patched, inputs), before)
+
+
+def test_models_sharing_adapters_keep_their_own_strengths(folder):
+    base = tiny_flux(seed=13)
+    inputs = model_inputs(5, seed=14)
+    full, half = load(base), load(base, strength=0.5)
+    assert adapter_model(full) is adapter_model(half)  # one copy, two strengths
+    first, halved, again = run_model(full, inputs), run_model(half, inputs), run_model(full, inputs)
+    assert torch.equal(first, again) and not torch.equal(first, halved)
+    cache().clear()
+    fresh = load(base, strength=0.5)  # new adapter modules, nothing cached yet
+    assert adapter_model(fresh) is not adapter_model(half)
+    assert torch.equal(run_model(fresh, inputs), halved)
