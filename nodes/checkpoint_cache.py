@@ -1,8 +1,10 @@
 """The loader's cache: the adapters of the last LumiX checkpoint loaded, one copy, checked first.
 
-* One copy: the file's tensors become the adapters' parameters (converted to the chosen dtype one
-  adapter at a time, so the file's dtype and the chosen one coexist for one adapter at most); the
-  cached checkpoint's factors are those same parameters.
+* One copy: the file's tensors are copied into the adapters' parameters in the chosen dtype one
+  adapter at a time, each file tensor dropped as soon as it is copied (so the two coexist for one
+  adapter at most); the cached checkpoint's factors are those same parameters. Copied, never kept as
+  read: safetensors maps tensors from the file, and a file overwritten in place would change them
+  under a running model (or crash it on a page that is gone).
 * Nothing of a refused file: a checkpoint is checked against the model before anything of it is
   cached, and the error carries no reference to its tensors.
 * A replaced file is noticed even when its mtime was preserved (cp -p, rsync -t): the key holds the
@@ -62,7 +64,10 @@ def build_loaded_adapters(checkpoint: LumiXCheckpoint, dtype: torch.dtype, load_
     for block, factors in checkpoint.adapters.items():
         for name in list(factors):
             f = factors[name]
-            module = TensorLoRA.from_factors(f.G1, f.G2, f.G3, alpha=checkpoint.alpha, dtype=dtype)
+            # always a private copy: safetensors hands out tensors mapped from the file, which would
+            # change (or fault) under a running model if the file were overwritten in place
+            g1, g2, g3 = (t.to(dtype, copy=True) for t in (f.G1, f.G2, f.G3))
+            module = TensorLoRA.from_factors(g1, g2, g3, alpha=checkpoint.alpha)
             # replace the file's tensors now, so a converted adapter does not keep its original alive
             factors[name] = AdapterFactors(module.G1, module.G2, module.G3)
             adapters.setdefault(block, {})[name] = module

@@ -7,7 +7,7 @@ import os
 import folder_paths
 from comfy_api.v0_0_2 import io
 
-from ..lumix_core import MAP_NAMES, SOURCE_MAP, CheckpointError, map_index
+from ..lumix_core import MAP_NAMES, SOURCE_MAP, map_index
 from ..lumix_core.checkpoint_sniff import LumiXFileCache
 from . import categories
 from .adapter_memory import ADAPTER_DTYPES, resolve_adapter_dtype
@@ -144,7 +144,7 @@ class LumiXTensorLoRALoader(io.ComfyNode):
                 checkpoint.validate_for_model(diffusion_model.hidden_size, *block_counts(diffusion_model))
 
             loaded = _CACHE.get(checkpoint_path(lumix_name), dtype, model.load_device, model.offload_device, check)
-        except (NotFluxError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        except (ValueError, FileNotFoundError) as exc:  # NotFluxError, CheckpointError included
             error = str(exc)  # only the message: the traceback would keep a refused file's tensors alive
         if error is not None:
             raise ValueError(f"LumiX: {error}")

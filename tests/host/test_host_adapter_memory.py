@@ -192,3 +192,30 @@ def test_content_fingerprint_sees_data_behind_an_identical_header(tmp_path):
 def test_unknown_adapter_dtype_is_refused(folder):
     with pytest.raises(ValueError, match="adapter_dtype 'float8' is not one of auto, bfloat16, float16, float32"):
         load(tiny_flux(seed=9), adapter_dtype="float8")
+
+
+def test_loaded_adapters_do_not_change_when_the_file_is_overwritten_in_place(folder):
+    path = folder / "inplace_lumix.safetensors"
+    save_file(official_state_dict(hidden=HIDDEN, R=R, double=DOUBLE, single=SINGLE, seed=20), str(path))
+    base = tiny_flux(seed=11)
+    inputs = model_inputs(5, seed=12)
+    patched = load(base, "inplace_lumix.safetensors", adapter_dtype="float32")
+    before = run_model(patched, inputs)
+    other = folder / "other_lumix.safetensors"
+    save_file(official_state_dict(hidden=HIDDEN, R=R, double=DOUBLE, single=SINGLE, seed=21), str(other))
+    with open(other, "rb") as src, open(path, "r+b") as dst:  # same inode, new bytes
+        dst.write(src.read())
+    assert torch.equal(run_model(patched, inputs), before)
+
+
+def test_models_sharing_adapters_keep_their_own_strengths(folder):
+    base = tiny_flux(seed=13)
+    inputs = model_inputs(5, seed=14)
+    full, half = load(base), load(base, strength=0.5)
+    assert adapter_model(full) is adapter_model(half)  # one copy, two strengths
+    first, halved, again = run_model(full, inputs), run_model(half, inputs), run_model(full, inputs)
+    assert torch.equal(first, again) and not torch.equal(first, halved)
+    cache().clear()
+    fresh = load(base, strength=0.5)  # new adapter modules, nothing cached yet
+    assert adapter_model(fresh) is not adapter_model(half)
+    assert torch.equal(run_model(fresh, inputs), halved)
