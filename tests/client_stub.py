@@ -60,6 +60,7 @@ class Stub:
         self.lock = threading.Condition()
         self.alive = True
         self.folder_count = 0
+        self.peak = 0
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -232,6 +233,7 @@ class Stub:
             pid = f"p-{len(self.prompts)}"
             self.prompts.append(graph)
             self.queue.append({"pid": pid, "graph": graph, "client": client_id})
+            self.peak = max(self.peak, len(self.queue) + (self.running is not None))  # jobs on the server at once
             self.lock.notify_all()
         return pid
 
@@ -259,9 +261,12 @@ class Stub:
             self.close_websockets(client)
         hang = self.faults.get("hang") is True or (isinstance(self.faults.get("hang"), int)
                                                    and number >= self.faults["hang"])
+        start = time.monotonic()
         for step in range(1, self.steps + 1):
             with self.lock:
-                self.lock.wait(self.service_time / self.steps)
+                step_end = start + self.service_time * step / self.steps
+                while time.monotonic() < step_end and not job.get("interrupted") and self.alive:
+                    self.lock.wait(max(0.0, step_end - time.monotonic()))
                 while hang and not job.get("interrupted") and self.alive:
                     self.lock.wait(0.1)
                 if job.get("interrupted") or not self.alive:

@@ -200,6 +200,17 @@ def test_batch_over_two_servers_writes_scene_folders_manifest_and_run_record(stu
     assert "[4/4]" in err and "scenes/min" in err
 
 
+def test_servers_file_and_depth_keep_several_jobs_in_flight(stubs, tmp_path, capsys):
+    a, b = stubs(service_time=0.3), stubs(service_time=0.3)
+    servers = tmp_path / "servers.txt"
+    servers.write_text(f"# GPUs\n{a.address}\nhttp://{b.address}/\n")
+    rc, _, err = run(capsys, "--prompt", "a room", "--scenes-per-prompt", 4, "--servers", servers, "--depth", 2,
+                     "--out", tmp_path / "o")
+    assert rc == 0, err
+    assert len(a.prompts) == 2 and len(b.prompts) == 2 and a.peak == b.peak == 2, "two jobs on each server at once"
+    assert f"scenes per server: {a.address} 2, {b.address} 2" in err
+
+
 def test_polling_without_a_websocket(stubs, tmp_path, capsys):
     s = stubs(ws="none")
     rc, stdout, err = run(capsys, "--prompt", "a room", "--server", s.address, "--out", tmp_path / "o")

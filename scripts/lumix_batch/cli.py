@@ -235,6 +235,8 @@ def run(args) -> int:
     try:
         batch.run()
     finally:
+        if len(servers) > 1:
+            progress.line("scenes per server: " + ", ".join(f"{st.server.name} {st.done}" for st in batch.states))
         progress.close()
         manifest.compact(order)
         try:

@@ -11,11 +11,11 @@ import time
 import urllib.request
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
-from comfy_host import COMFYUI, DOUBLE, HIDDEN, REPO, SINGLE
-from tiny_flux import official_state_dict
+from comfy_host import COMFYUI, DOUBLE, HIDDEN, REPO, SINGLE  # skips this module without ComfyUI
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from tiny_flux import official_state_dict  # noqa: E402
 
 CLIENT = REPO / "scripts" / "lumix_client.py"
 sys.path.insert(0, str(REPO / "scripts"))
