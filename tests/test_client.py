@@ -243,6 +243,35 @@ def test_rerun_skips_finished_scenes_and_refuses_to_overwrite(stubs, tmp_path, c
     assert rc == 0 and sorted(p.name for p in (other / "00000_s0_seed42").iterdir()) == MAP_FILES
 
 
+def test_a_scene_folder_finished_just_before_a_kill_is_adopted(stubs, tmp_path, capsys):
+    s = stubs()
+    out = tmp_path / "out"
+    assert run(capsys, "--prompt", "a room", "--scenes-per-prompt", 2, "--server", s.address, "--out", out)[0] == 0
+    whole = manifest(out)
+    # the client died after moving the second folder into place, before its manifest line
+    (out / "manifest.jsonl").write_text(json.dumps(whole[0]) + "\n")
+    rc, _, err = run(capsys, "--prompt", "a room", "--scenes-per-prompt", 2, "--server", s.address, "--out", out)
+    assert rc == 0 and len(s.prompts) == 2, "nothing made twice"
+    assert stable(manifest(out)) == stable(whole)
+    # a folder of the same prompt and seed made with other steps is not adopted
+    (out / "manifest.jsonl").write_text(json.dumps(whole[0]) + "\n")
+    sidecar = json.loads((out / whole[1]["scene"] / "lumix.json").read_text())
+    sidecar["generation"]["steps"] = 4
+    (out / whole[1]["scene"] / "lumix.json").write_text(json.dumps(sidecar))
+    rc, _, err = run(capsys, "--prompt", "a room", "--scenes-per-prompt", 2, "--server", s.address, "--out", out)
+    assert rc == 2 and "is not a finished scene of this run" in err
+
+
+def test_waiting_behind_other_jobs_is_not_idle(stubs, tmp_path, capsys, monkeypatch):
+    from lumix_batch import batch
+    monkeypatch.setattr(batch, "QUEUE_CHECK", 0.1)
+    s = stubs(service_time=0.8)
+    s._enqueue(workflow.Template(TEXT_WF, {}, False).job("other user", 1, "x"), "someone")
+    rc, _, err = run(capsys, "--prompt", "a room", "--server", s.address, "--out", tmp_path / "o", "--idle-timeout", 0.5,
+                     "--retries", 0)
+    assert rc == 0, err
+
+
 def test_failed_scenes_are_recorded_then_redone(stubs, tmp_path, capsys):
     bad = stubs(error="CUDA out of memory")
     out = tmp_path / "out"

@@ -17,7 +17,8 @@ from .manifest import Manifest
 from .progress import Progress, duration
 
 MAX_BACKOFF = 60.0
-VANISHED_GRACE = 3.0  # seconds a finished job may be missing from both /queue and /history
+VANISHED_GRACE = 3.0
+QUEUE_CHECK = 5.0  # seconds of websocket silence before asking /queue whether the job still waits its turn  # seconds a finished job may be missing from both /queue and /history
 
 
 @dataclass
@@ -311,6 +312,7 @@ class Batch:
         idle = self.opts.idle_timeout
         last = time.monotonic()
         steps = "no step reported"
+        checked = 0.0
         if ws is not None:
             while True:
                 self._check_stop()
@@ -322,6 +324,10 @@ class Batch:
                     raise ServerFailure(f"{st.server.name}: the websocket closed while the job ran ({exc}); "
                                         "the server stopped?") from None
                 if msg is None:
+                    if time.monotonic() - last > QUEUE_CHECK and time.monotonic() - checked > QUEUE_CHECK:
+                        checked = time.monotonic()  # waiting behind other users' jobs is not silence
+                        if st.server.queue_state(prompt_id) == "pending":
+                            last = checked
                     continue
                 last = time.monotonic()
                 data = msg.get("data") if isinstance(msg.get("data"), dict) else {}
@@ -347,7 +353,7 @@ class Batch:
                 return entry, steps
             if time.monotonic() - last > idle:
                 raise ServerFailure(f"{st.server.name}: the job did not reach /history within {idle:g}s (--idle-timeout)")
-            if st.server.in_queue(prompt_id):
+            if st.server.queue_state(prompt_id) is not None:
                 missing_since = None
             elif missing_since is None:
                 missing_since = time.monotonic()

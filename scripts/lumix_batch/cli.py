@@ -157,6 +157,20 @@ def plan(args):
     return template, record, scenes
 
 
+def made_by_this_run(folder: str, sidecar: dict | None, scene: Scene, record: dict) -> bool:
+    """Does a scene folder without a manifest line hold exactly this scene, whole? (A client killed
+    between moving the folder into place and writing its manifest line leaves one.)"""
+    generation = (sidecar or {}).get("generation") or {}
+    files = (sidecar or {}).get("files")
+    if (generation.get("prompt"), generation.get("seed")) != (scene.prompt, scene.seed):
+        return False
+    sampler = record["settings"]["resolved"]["sampler"]
+    if any(key in generation and generation[key] != value for key, value in sampler.items()):
+        return False
+    return (isinstance(files, list) and bool(files)
+            and all(isinstance(f, str) and os.path.isfile(os.path.join(folder, f)) for f in files))
+
+
 def resume_state(args, record: dict, scenes: list[Scene], manifest: Manifest) -> list[Scene]:
     """The scenes still to make; refuses (ClientError) an --out holding another run or foreign folders."""
     out = args.out
@@ -186,13 +200,10 @@ def resume_state(args, record: dict, scenes: list[Scene], manifest: Manifest) ->
             continue
         if os.path.lexists(folder):
             sidecar = output.scene_sidecar(folder) if os.path.isdir(folder) else None
-            generation = (sidecar or {}).get("generation") or {}
-            ours = (old is not None and generation.get("prompt") == scene.prompt and generation.get("seed") == scene.seed
-                    and all(os.path.isfile(os.path.join(folder, f)) for f in sidecar.get("files") or [None]))
-            if not ours:
+            if old is None or not made_by_this_run(folder, sidecar, scene, record):
                 raise ClientError(f"{folder} already exists and is not a finished scene of this run; nothing is "
                                   "overwritten: use another --out, or --overwrite")
-            # finished by a client killed before it wrote the manifest line: adopt it
+            generation = sidecar.get("generation") or {}
             files = sorted(os.listdir(folder))
             manifest.append({"scene": scene.id, "status": "done", "prompt": scene.prompt, "seed": scene.seed,
                              "settings": record["settings"], "server": "(adopted)", "attempts": 1, "files": files,

@@ -135,10 +135,13 @@ class Server:
             raise JobFailure(execution_error_text(messages[0] if messages else {}))
         return entry
 
-    def in_queue(self, prompt_id: str) -> bool:
+    def queue_state(self, prompt_id: str) -> str | None:
+        """"running", "pending" (waiting behind other jobs) or None (not in the server's queue)."""
         q = self._json("/queue")
-        return any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id
-                   for key in ("queue_running", "queue_pending") for item in q.get(key) or [])
+        for key, state in (("queue_running", "running"), ("queue_pending", "pending")):
+            if any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id for item in q.get(key) or []):
+                return state
+        return None
 
     def cancel(self, prompt_id: str) -> None:
         """Remove the job from the queue and stop it if it runs (best effort, short timeouts)."""

@@ -63,6 +63,9 @@ class Progress:
     def scene(self, status: str, scene_id: str, server: str, detail: str = "") -> None:
         with self.lock:
             setattr(self, status, getattr(self, status) + 1)
+        if self.tty and status == "done":  # the bar says it; lines only for what needs a look
+            self.tick(force=True)
+            return
         self.line(f"[{self.finished}/{self.total}] {scene_id} {status} on {server}{': ' + detail if detail else ''}"
                   f" | {self.summary()}")
 
@@ -73,9 +76,9 @@ class Progress:
         self._write(f"\r\x1b[K[{'#' * filled}{'.' * (width - filled)}] {self.summary()} | {servers}"[:400])
         self._last_draw = time.monotonic()
 
-    def tick(self) -> None:
+    def tick(self, force: bool = False) -> None:
         """Redraw the bar (terminal only; at most a few times a second)."""
-        if self.tty and time.monotonic() - self._last_draw > 0.25:
+        if self.tty and (force or time.monotonic() - self._last_draw > 0.25):
             with self.lock:
                 self._draw()
 
