@@ -123,6 +123,36 @@ def test_photo_template_saves_the_sampler_color_not_the_photo():
     assert of_class(job, "LumiXSaveMaps")[0]["inputs"]["color"] == [sampler_id, 2]
 
 
+def test_a_sampler_that_sizes_the_photo_itself_gets_the_same_budget():
+    graph = json.loads(json.dumps(PHOTO_WF))
+    sampler = of_class(graph, "LumiXSampler")[0]["inputs"]
+    sampler.update(held_maps_size="from the given map (aspect kept, area budget)", area_width=1536, area_height=1152)
+    job = workflow.Template(graph, {"width": 576, "height": 432, "area": (512, 512)}, photo=True).job("a", 1, "x", "p.png")
+    s = of_class(job, "LumiXSampler")[0]["inputs"]
+    assert (s["area_width"], s["area_height"], s["width"], s["height"]) == (512, 512, 576, 432)
+    assert s["held_maps_size"] == "from the given map (aspect kept, area budget)"
+    job = workflow.Template(graph, {"width": 256, "height": 128, "explicit_size": True}, photo=True).job("a", 1, "x", "p.png")
+    s = of_class(job, "LumiXSampler")[0]["inputs"]
+    assert (s["held_maps_size"], s["width"], s["height"], s["area_width"]) == ("width x height", 256, 128, 1536)
+
+
+def test_every_generation_option_reaches_the_server(stubs, tmp_path, capsys):
+    s = stubs()
+    rc, _, err = run(capsys, "--prompt", "a room", "--negative-prompt", "dull", "--steps", 12, "--cfg", 2.0, "--guidance", 2.5,
+                     "--sampler", "dpmpp_2m", "--scheduler", "beta", "--lora-strength", 0.75, "--width", 320, "--height", 256,
+                     "--seed", 7, "--server", s.address, "--out", tmp_path / "o")
+    assert rc == 0, err
+    (graph,) = s.prompts
+    sampler = of_class(graph, "LumiXSampler")[0]["inputs"]
+    assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"], sampler["width"],
+            sampler["height"], sampler["seed"]) == (12, 2.0, "dpmpp_2m", "beta", 320, 256, 7)
+    assert sorted(n["inputs"]["text"] for n in of_class(graph, "CLIPTextEncode")) == ["a room", "dull"]
+    assert [n["inputs"]["guidance"] for n in of_class(graph, "FluxGuidance")] == [2.5, 2.5]
+    assert of_class(graph, "LumiXTensorLoRALoader")[0]["inputs"]["strength"] == 0.75
+    (record,) = manifest(tmp_path / "o")
+    assert record["negative_prompt"] == "dull" and record["settings"]["guidance"] == 2.5
+
+
 def test_workflow_found_in_either_place(tmp_path, monkeypatch):
     (tmp_path / "api").mkdir()
     (tmp_path / "api" / "lumix_text_to_intrinsic_api.json").write_text("{}")
@@ -322,7 +352,7 @@ def test_photo_mode_uploads_to_each_server_and_sizes_from_the_photo(stubs, tmp_p
     assert len(a.uploads) == 1 and len(b.uploads) == 1 and b'filename="room.png"' in a.uploads[0]
     for graph in a.prompts + b.prompts:
         sampler = of_class(graph, "LumiXSampler")[0]["inputs"]
-        assert (sampler["width"], sampler["height"]) == (592, 448)  # 4:3 at about 512x512, multiples of 16
+        assert (sampler["width"], sampler["height"]) == (576, 432)  # 4:3 within 512x512, multiples of 16
         assert of_class(graph, "LoadImage")[0]["inputs"]["image"] == "photo.png"
     for folder in ("00000_s0_seed42", "00000_s1_seed43"):
         assert sorted(p.name for p in (out / folder).iterdir()) == MAP_FILES  # no color.jpg beside color.png
@@ -345,7 +375,8 @@ def test_image_size_reads_common_headers(tmp_path):
     with pytest.raises(Exception, match="--width and --height"):
         output.image_size(str(bad))
     assert output.size_from_photo((1000, 1000), 512 * 512) == (512, 512)
-    assert output.size_from_photo((1920, 1080), 512 * 512) == (688, 384)
+    assert output.size_from_photo((1920, 1080), 512 * 512) == (672, 384)
+    assert output.size_from_photo((1536, 1152), 1536 * 1152) == (1536, 1152)
     assert output.size_from_photo((10, 1000), 64 * 64) == (16, 640)
 
 

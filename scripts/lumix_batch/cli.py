@@ -142,8 +142,11 @@ def plan(args):
         size = output.image_size(args.photo)
         photo = {"file": os.path.basename(args.photo), "sha256": file_sha256(args.photo), "size": list(size)}
         if args.size_from_photo:
-            area = (args.width or 512) * (args.height or 512)
-            settings["width"], settings["height"] = output.size_from_photo(size, area)
+            budget = (args.width or 512, args.height or 512)
+            settings["width"], settings["height"] = output.size_from_photo(size, budget[0] * budget[1])
+            settings["area"] = budget
+        elif args.width or args.height:
+            settings["explicit_size"] = True
     workflow_path = args.workflow or shipped_workflow(PHOTO_WORKFLOW if args.photo else TEXT_WORKFLOW)
     template = Template(load_workflow(workflow_path), settings, photo=bool(args.photo))
     k = args.scenes_per_prompt

@@ -142,8 +142,9 @@ def image_size(path: str) -> tuple[int, int]:
 
 
 def size_from_photo(photo_size: tuple[int, int], area: int, multiple: int = 16) -> tuple[int, int]:
-    """The photo's aspect ratio at about `area` pixels, both sides multiples of 16 (at least 16)."""
+    """The photo's aspect ratio within `area` pixels, each side a multiple of 16 rounded down (at least
+    16): the rule of the sampler's own 'from the given map' size, so both agree."""
     w, h = photo_size
-    scale = (area / (w * h)) ** 0.5
-    return (max(multiple, int(round(w * scale / multiple)) * multiple),
-            max(multiple, int(round(h * scale / multiple)) * multiple))
+    width = (area * w / h) ** 0.5
+    height = width * h / w
+    return tuple(max(multiple, int(side / multiple + 1e-9) * multiple) for side in (width, height))

@@ -17,6 +17,7 @@ SAVE_NODE = "LumiXSaveMaps"
 SAMPLER = "LumiXSampler"
 SAVE_PREFIX = "LumiX/batch/"
 DEFAULT_FOV = 60.0
+EXPLICIT_SIZE = "width x height"  # the sampler's held_maps_size choice that keeps --width/--height for a photo
 
 
 def shipped_workflow(name: str) -> str:
@@ -112,6 +113,13 @@ class Template:
                           ("width", "width"), ("height", "height")):
             if settings.get(key) is not None:
                 _set(sampler, name, settings[key], f"{SAMPLER}")
+        # A sampler that sizes a given photo itself (held_maps_size, area budget) is told the same thing
+        if settings.get("area") is not None:
+            for name, value in zip(("area_width", "area_height"), settings["area"]):
+                if name in sampler["inputs"]:
+                    sampler["inputs"][name] = value
+        elif settings.get("explicit_size") and "held_maps_size" in sampler["inputs"]:
+            sampler["inputs"]["held_maps_size"] = EXPLICIT_SIZE
         for node_id in nodes_of(g, "ModelSamplingFlux"):  # the resolution shift follows the size
             for name in ("width", "height"):
                 if name in g[node_id]["inputs"] and _link(g[node_id]["inputs"][name]) is None:

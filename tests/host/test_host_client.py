@@ -145,9 +145,9 @@ def test_photo_scene_is_pixel_aligned_at_the_photos_aspect(servers, tmp_path):
     folder = tmp_path / "out" / "00000_s0_seed42"
     for name in MAPS:  # color too: the photo as the sampler held it, not the original file
         with Image.open(folder / f"{name}.png") as im:
-            assert im.size == (96, 48), name
+            assert im.size == (80, 32), name
     assert not list(folder.glob("color.jp*"))
-    color = Image.open(folder / "color.png").convert("RGB").getpixel((48, 24))
+    color = Image.open(folder / "color.png").convert("RGB").getpixel((40, 16))
     assert max(abs(a - b) for a, b in zip(color, (30, 120, 200))) <= 2
 
 
