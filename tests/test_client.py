@@ -99,8 +99,8 @@ def test_template_sets_values_by_class_and_input_never_by_id():
     sampler = of_class(job, "LumiXSampler")[0]["inputs"]
     assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"],
             sampler["width"], sampler["height"], sampler["scenes"]) == (1234, 7, 2.5, "dpmpp_2m", "beta", 640, 384, 1)
-    shift = of_class(job, "ModelSamplingFlux")[0]["inputs"]
-    assert (shift["width"], shift["height"]) == (640, 384)
+    for shift in of_class(job, "ModelSamplingFlux"):  # the resolution shift, where the workflow has one
+        assert (shift["inputs"]["width"], shift["inputs"]["height"]) == (640, 384)
     texts = {n["inputs"]["text"] for n in of_class(job, "CLIPTextEncode")}
     assert texts == {"a red kitchen", "ugly"}
     assert job[sampler["positive"][0]]["inputs"]["guidance"] == 4.0
