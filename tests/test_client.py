@@ -2,7 +2,6 @@
 import importlib.util
 import io
 import json
-import os
 import random
 import struct
 import sys

@@ -14,7 +14,7 @@ from .comfy_api import MiniWebSocket, Server, execution_error_text
 from .errors import Cancelled, ClientError, JobFailure, Rejected, ServerFailure
 from .filters import judge
 from .manifest import Manifest
-from .progress import Progress, duration
+from .progress import Progress
 
 MAX_BACKOFF = 60.0
 VANISHED_GRACE = 3.0
@@ -418,5 +418,3 @@ def start_probe(servers: list[Server]) -> list[tuple[Server, str | None]]:
         t.join()
     return [(s, results.get(i, "no answer")) for i, s in enumerate(servers)]
 
-
-__all__ = ["Batch", "Options", "Scene", "start_probe", "duration"]

@@ -12,7 +12,7 @@ from .batch import Batch, Options, Scene, start_probe
 from .comfy_api import Server, normalise_address
 from .errors import ClientError
 from .filters import THRESHOLDS
-from .manifest import FINISHED, RUN_RECORD, Manifest, differences, read_run_record, write_atomic
+from .manifest import RUN_RECORD, Manifest, differences, read_run_record, write_atomic
 from .progress import Progress
 from .workflow import PHOTO_WORKFLOW, TEXT_WORKFLOW, Template, load_workflow, shipped_workflow
 

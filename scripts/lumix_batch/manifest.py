@@ -10,8 +10,6 @@ from .errors import ClientError
 
 MANIFEST = "manifest.jsonl"
 RUN_RECORD = "lumix_run.json"
-FINISHED = ("done", "filtered")  # a re-run skips these and redoes "failed"
-VOLATILE = ("server", "seconds", "attempts", "finished_at")  # differ between two runs of the same batch
 
 
 def write_atomic(path: str, text: str) -> None:
