@@ -156,6 +156,8 @@ class Stub:
                         stub.lock.notify_all()
                     return self.reply(200, b"", "text/plain")
                 if url.path == "/upload/image":
+                    if stub.faults.get("upload") == "400":
+                        return self.reply(400, b"not an image", "text/plain")
                     stub.uploads.append(body)
                     return self.reply(200, {"name": "photo.png", "subfolder": "", "type": "input"})
                 return self.reply(404, {})

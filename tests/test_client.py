@@ -2,6 +2,7 @@
 import importlib.util
 import io
 import json
+import os
 import random
 import struct
 import sys
@@ -83,7 +84,7 @@ def tree(out):
     """{relative path: bytes} of every file under out except the run's own records."""
     out = Path(out)
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("manifest.jsonl", "lumix_run.json")}
+            if p.is_file() and p.name not in ("manifest.jsonl", "lumix_run.json", ".lumix_lock")}
 
 
 # ---- the workflow ---------------------------------------------------------------------------------
@@ -301,6 +302,27 @@ def test_waiting_behind_other_jobs_is_not_idle(stubs, tmp_path, capsys, monkeypa
     assert rc == 0, err
 
 
+def test_two_clients_never_write_into_one_folder(stubs, tmp_path, capsys):
+    s = stubs()
+    out = tmp_path / "out"
+    out.mkdir()
+    held = output.lock_out(str(out))  # as another running client holds it
+    try:
+        rc, _, err = run(capsys, "--prompt", "x", "--server", s.address, "--out", out)
+        assert rc == 2 and err.count("\n") == 1 and f"(pid {os.getpid()}) is writing into" in err and s.prompts == []
+    finally:
+        held.close()
+    assert run(capsys, "--prompt", "x", "--server", s.address, "--out", out)[0] == 0
+
+
+def test_a_refused_photo_upload_is_one_line(stubs, tmp_path, capsys):
+    s = stubs(upload="400")
+    photo = tmp_path / "room.png"
+    photo.write_bytes(tiny_png(b"p"))
+    rc, _, err = run(capsys, "--photo", photo, "--prompt", "x", "--server", s.address, "--out", tmp_path / "o")
+    assert rc == 2 and err.count("\n") == 1 and "refused the photo" in err and s.prompts == []
+
+
 def test_failed_scenes_are_recorded_then_redone(stubs, tmp_path, capsys):
     bad = stubs(error="CUDA out of memory")
     out = tmp_path / "out"
@@ -431,7 +453,8 @@ def test_server_failures_end_in_one_line_and_leave_no_file(stubs, tmp_path, caps
     assert rc == 1 and stdout == ""
     assert last_line(err).startswith("lumix_client: 1 of 1 scenes failed") and words in last_line(err), err
     assert [r["status"] for r in manifest(out)] == ["failed"]
-    assert sorted(p.name for p in out.rglob("*")) == ["lumix_run.json", "manifest.jsonl"], "no partial file anywhere"
+    assert sorted(p.name for p in out.rglob("*")) == [".lumix_lock", "lumix_run.json", "manifest.jsonl"], \
+        "no partial file anywhere"
     if fault.get("ws") == "silent" or fault.get("queue_keeps"):
         assert s.deletes == ["p-0"] and s.interrupts == ["p-0"], "the stalled job is cancelled on its server"
 

@@ -40,7 +40,7 @@ def stable_manifest(out):
 def files(out):
     out = Path(out)
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("manifest.jsonl", "lumix_run.json")}
+            if p.is_file() and p.name not in ("manifest.jsonl", "lumix_run.json", ".lumix_lock")}
 
 
 @pytest.fixture
@@ -98,6 +98,6 @@ def test_ctrl_c_cancels_the_jobs_on_their_servers(tmp_path):
         assert "p-1" in stub.interrupts and "p-1" in stub.deletes
         records = [json.loads(line) for line in manifest_lines(out)]
         assert [(r["scene"], r["status"]) for r in records] == [("00000_s0_seed42", "done")]
-        assert sorted(p.name for p in out.iterdir()) == ["00000_s0_seed42", "lumix_run.json", "manifest.jsonl"]
+        assert sorted(p.name for p in out.iterdir()) == [".lumix_lock", "00000_s0_seed42", "lumix_run.json", "manifest.jsonl"]
     finally:
         stub.close()

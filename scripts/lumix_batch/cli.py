@@ -220,7 +220,7 @@ def resume_state(args, record: dict, scenes: list[Scene], manifest: Manifest) ->
 def run(args) -> int:
     template, record, scenes = plan(args)
     servers = server_list(args)
-    output.prepare_out(args.out)
+    lock = output.prepare_out(args.out)  # noqa: F841  (held until the process ends)
     manifest = Manifest(args.out)
     todo = resume_state(args, record, scenes, manifest)
     write_atomic(os.path.join(args.out, RUN_RECORD), json.dumps(record, indent=2, sort_keys=True))

@@ -15,11 +15,42 @@ PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 SIDECAR = "lumix.json"
 
 
-def prepare_out(out_dir: str) -> None:
+LOCK = ".lumix_lock"
+
+
+def lock_out(out_dir: str):
+    """An exclusive lock on the output folder for this process's lifetime (POSIX; elsewhere none):
+    two clients writing into one folder would clear each other's staging files."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(os.path.join(out_dir, LOCK), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise ClientError(f"another lumix_client (pid {holder}) is writing into {out_dir}; wait for it or use "
+                          "another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def prepare_out(out_dir: str):
+    """Create --out, lock it and clear the staging left by a killed run; the lock handle (keep it)."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ClientError(f"--out {out_dir} is a file, not a folder; give a folder path")
     try:
         os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise ClientError(f"cannot create the output folder {out_dir}: {exc.strerror}") from None
+    lock = lock_out(out_dir)
+    try:
         shutil.rmtree(os.path.join(out_dir, STAGING), ignore_errors=True)  # leftovers of a killed run: ours
         os.makedirs(os.path.join(out_dir, STAGING))
     except OSError as exc:
@@ -31,6 +62,7 @@ def prepare_out(out_dir: str) -> None:
         os.remove(probe)
     except OSError as exc:
         raise ClientError(f"cannot write into {out_dir}: {exc.strerror}") from None
+    return lock
 
 
 def staging_folder(out_dir: str, scene_id: str) -> str:
