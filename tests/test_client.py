@@ -401,10 +401,12 @@ def test_image_size_reads_common_headers(tmp_path):
     assert output.size_from_photo((10, 1000), 64 * 64) == (16, 640)
 
 
-def test_progress_bar_on_a_terminal_and_lines_otherwise():
+def test_progress_bar_on_a_terminal_and_lines_otherwise(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     tty, plain = io.StringIO(), io.StringIO()
+    made = {}
     for stream, is_tty in ((tty, True), (plain, False)):
-        p = Progress(total=10, already=4, stream=stream, tty=is_tty)
+        p = made[is_tty] = Progress(total=10, already=4, stream=stream, tty=is_tty)
         p.server_state("gpu0:8188", "00004 step 3/50")
         p.start -= 60  # two scenes in the last minute
         p.scene("done", "00004", "gpu0:8188")
@@ -416,6 +418,12 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
     assert "\r" not in plain.getvalue() and "[" + "#" not in plain.getvalue()
     assert "\r\x1b[K[##############..........] 6/10 scenes" in tty.getvalue()
     assert "gpu0:8188: 00004 step 3/50" in tty.getvalue()
+    assert "\n" not in tty.getvalue()[:-1], "on a terminal a finished scene only moves the bar"
+    # a result on stdout clears the bar first, then the bar comes back; the bar never wraps
+    monkeypatch.setenv("COLUMNS", "40")
+    stdout = io.StringIO()
+    made[True].result("out/00005", out=stdout)
+    assert stdout.getvalue() == "out/00005\n" and tty.getvalue().endswith("\r\x1b[K" + "\r\x1b[K[##############..........] 6/10 scenes ")
 
 
 # ---- every failure in one line --------------------------------------------------------------------

@@ -245,7 +245,7 @@ def run(args) -> int:
     opts = Options(out_dir=args.out, overwrite=args.overwrite, depth=args.depth, retries=args.retries,
                    backoff=args.backoff, idle_timeout=args.idle_timeout, timeout=args.timeout,
                    limits={n: getattr(args, n) for n in THRESHOLDS}, photo=args.photo, settings=record["settings"])
-    batch = Batch(template, servers, todo, manifest, progress, opts, on_done=lambda folder: print(folder, flush=True))
+    batch = Batch(template, servers, todo, manifest, progress, opts, on_done=progress.result)
     try:
         batch.run()
     finally:

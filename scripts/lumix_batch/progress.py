@@ -2,6 +2,7 @@
 terminal, plain lines (one per finished scene or server event) otherwise."""
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -56,6 +57,17 @@ class Progress:
             if self.tty:
                 self._draw()
 
+    def result(self, text: str, out=None) -> None:
+        """A line on stdout (a finished scene's folder), clearing the bar first when both share a terminal."""
+        out = out or sys.stdout
+        with self.lock:
+            if self.tty:
+                self._write("\r\x1b[K")
+            out.write(text + "\n")
+            out.flush()
+            if self.tty:
+                self._draw()
+
     def server_state(self, server: str, state: str) -> None:
         with self.lock:
             self.servers[server] = state
@@ -73,7 +85,8 @@ class Progress:
         width = 24
         filled = int(width * self.finished / self.total) if self.total else width
         servers = "  ".join(f"{name}: {state}" for name, state in self.servers.items())
-        self._write(f"\r\x1b[K[{'#' * filled}{'.' * (width - filled)}] {self.summary()} | {servers}"[:400])
+        columns = shutil.get_terminal_size((100, 20)).columns - 1  # a wrapped bar cannot be redrawn in place
+        self._write(f"\r\x1b[K" + f"[{'#' * filled}{'.' * (width - filled)}] {self.summary()} | {servers}"[:columns])
         self._last_draw = time.monotonic()
 
     def tick(self, force: bool = False) -> None:
