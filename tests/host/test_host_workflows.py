@@ -155,11 +155,6 @@ def tiny_workflow(path, tmp_path):
     return out
 
 
-def run_client(*args):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "lumix_client.py"), *args],
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_object_info_lists_the_lumix_nodes(server):
     info = json.loads(urllib.request.urlopen(f"http://{server['address']}/object_info").read())
     for key, name in (("LumiXTensorLoRALoader", "LumiX Tensor LoRA Loader"),
@@ -172,62 +167,12 @@ def test_object_info_lists_the_lumix_nodes(server):
     assert "tiny_lumix.safetensors" in info["LumiXTensorLoRALoader"]["input"]["required"]["lumix_name"][1]["options"]
 
 
-def test_client_text_job_on_a_real_server(server, tmp_path):
-    from PIL import Image
-    wf = tiny_workflow(REPO / "workflows" / "api" / "lumix_text_to_intrinsic_api.json", tmp_path)
-    result = run_client("--prompt", "a tiny test room", "--seed", "3", "--width", "64", "--height", "64",
-                        "--steps", "2", "--server", server["address"], "--workflow", str(wf), "--out", str(tmp_path / "out"))
-    assert result.returncode == 0, result.stderr + (server["base"] / "server.log").read_text()[-3000:]
-    folder = tmp_path / "out" / "000_s0_seed3"
-    assert result.stdout.split() == [str(folder)]
-    assert sorted(p.name for p in folder.iterdir()) == ["albedo.png", "color.png", "depth.png", "irradiance.png", "normal.png"]
-    for p in folder.iterdir():
-        assert Image.open(p).size == (64, 64)
-    assert "step 2/2" in result.stderr  # progress came over the websocket
-
-
-def test_client_photo_job_on_a_real_server(server, tmp_path):
-    from PIL import Image
-    photo = tmp_path / "room.png"
-    Image.new("RGB", (80, 64), (30, 120, 200)).save(photo)
-    wf = tiny_workflow(REPO / "workflows" / "api" / "lumix_photo_decomposition_api.json", tmp_path)
-    result = run_client("--photo", str(photo), "--prompt", "a blue room", "--width", "64", "--height", "64",
-                        "--steps", "2", "--server", server["address"], "--workflow", str(wf), "--out", str(tmp_path / "out"))
-    assert result.returncode == 0, result.stderr + (server["base"] / "server.log").read_text()[-3000:]
-    folder = tmp_path / "out" / "000_s0_seed42"
-    assert sorted(p.name for p in folder.iterdir()) == ["albedo.png", "color.png", "depth.png", "irradiance.png", "normal.png"]
-
-
-def test_client_reports_a_missing_model_file(server, tmp_path):
-    wf = load(REPO / "workflows" / "api" / "lumix_text_to_intrinsic_api.json")  # real model names: not on this server
-    path = tmp_path / "real.json"
-    path.write_text(json.dumps(wf))
-    result = run_client("--prompt", "x", "--server", server["address"], "--workflow", str(path), "--out", str(tmp_path))
-    assert result.returncode == 2
-    line = result.stderr.strip()
-    assert "\n" not in line and "missing model file" in line and "ComfyUI/models/" in line
-
-
 def test_comfyui_reads_the_registry_metadata():
     from comfy_config import config_parser
     config = config_parser.extract_node_configuration(str(REPO))
     assert config.project.name == "comfyui-lumix" and config.project.license.file == "LICENSE"
     assert config.tool_comfy.publisher_id == "lumix-comfyui" and config.tool_comfy.display_name
     assert len(config.tool_comfy.models) == 4
-
-
-def test_tools_workflow_runs_on_a_real_server(server, tmp_path):
-    wf = tiny_workflow(REPO / "workflows" / "api" / "lumix_text_to_intrinsic_tools_api.json", tmp_path)
-    result = run_client("--prompt", "a tiny room", "--seed", "9", "--width", "64", "--height", "64", "--steps", "2",
-                        "--server", server["address"], "--workflow", str(wf), "--out", str(tmp_path / "out"))
-    assert result.returncode == 0, result.stderr + (server["base"] / "server.log").read_text()[-3000:]
-    folder = tmp_path / "out" / "000_s0_seed9"
-    assert sorted(p.name for p in folder.iterdir()) == ["albedo.png", "color.png", "depth.png", "irradiance.png", "normal.png"]
-    saved = sorted((server["base"] / "output" / "LumiX").glob("scene_*/lumix.json"))
-    assert saved, "LumiX Save Maps wrote nothing"
-    sidecar = json.loads(saved[-1].read_text())
-    assert sidecar["generation"]["prompt"] == "a tiny room" and sidecar["generation"]["seed"] == 9
-    assert set(sidecar["metrics"]) == {"photometric", "geometric", "structural"}
 
 
 # ---- what reaches the model when the shipped API workflows run (in this process) -----------------
