@@ -1,0 +1,331 @@
+"""Many-process training on torch.distributed, launched by torchrun (one process per device).
+
+What this module adds to a single-process trainer, and nothing else:
+
+* `init_distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, or
+  a rendezvous endpoint), puts each rank on its own device and opens the process group: NCCL on
+  GPUs, gloo on CPUs. Without torchrun's variables it returns a one-process context, so the same
+  code path trains on one device.
+* `wrap_adapters` wraps ONLY the trainable adapters in DistributedDataParallel: the frozen base model
+  is replicated on every rank (loaded by each) and never all-reduced. DDP only registers gradient
+  hooks when its own forward runs, so the wrapped module's forward is the whole loss computation
+  (`AdapterLoss`), with the base model held outside the module's parameters.
+* `ShardedBatches`: a deterministic, resumable order. The global batch and the learning rate are
+  settings of the run, independent of the world size; each rank takes its own disjoint slice of
+  each global batch (per-rank micro-batch = global / (world * accumulation)), so N ranks see
+  exactly the samples, and average exactly the gradient, of one process with the same global batch.
+* `main_rank_first` (build a cache on rank 0, the others wait then read it), `all_ranks_memory`
+  (memory per rank for rank 0's console), `PeerFailure` (a collective that failed because a peer
+  died), `shutdown`.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import resource
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# torchrun's variables; a run without them is one process.
+_ENV_WORLD = "WORLD_SIZE"
+_ENV_RANK = "RANK"
+_ENV_LOCAL_RANK = "LOCAL_RANK"
+_ENV_RESTARTS = "TORCHELASTIC_RESTART_COUNT"
+
+
+class DistributedSetupError(RuntimeError):
+    """A configuration or environment that cannot run distributed; the message says what to do."""
+
+
+class PeerFailure(RuntimeError):
+    """A collective operation failed because another rank died, was killed or timed out."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: no process group (one process)
+    restart_count: int = 0  # torchrun's elastic restart counter (0 on the first attempt)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, logs, validation images and the console progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def elastic_restart(self) -> bool:
+        """True when torchrun restarted the workers after a failure (--max-restarts)."""
+        return self.restart_count > 0
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedSetupError(f"environment variable {name}={value!r} is not an integer; "
+                                    "launch with torchrun, which sets it") from None
+
+
+def choose_device(preference: str, local_rank: int) -> torch.device:
+    """'auto' (the local GPU if there is one, else the CPU), 'cuda' or 'cpu'."""
+    if preference not in ("auto", "cuda", "cpu"):
+        raise DistributedSetupError(f"device must be 'auto', 'cuda' or 'cpu', got {preference!r}")
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DistributedSetupError("device 'cuda' was asked for but torch sees no GPU; use device = 'cpu' "
+                                    "(gloo) or install a CUDA build of torch")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise DistributedSetupError(
+            f"local rank {local_rank} has no GPU of its own: this node has {count} GPU(s); start at most "
+            f"{count} processes per node (torchrun --nproc_per_node {count})")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistContext:
+    """Open the process group from torchrun's environment; a one-process context without it.
+
+    timeout_s bounds how long a collective waits for a peer before failing (a hung or dead rank
+    then ends the job with a PeerFailure instead of blocking forever).
+    """
+    world = _int_env(_ENV_WORLD, 1)
+    rank = _int_env(_ENV_RANK, 0)
+    local_rank = _int_env(_ENV_LOCAL_RANK, 0)
+    restarts = _int_env(_ENV_RESTARTS, 0)
+    if world < 1 or not 0 <= rank < world:
+        raise DistributedSetupError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}")
+    dev = choose_device(device, local_rank)
+    if world == 1:
+        return DistContext(0, 1, local_rank, dev, None, restarts)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    return DistContext(rank, world, local_rank, dev, backend, restarts)
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Destroy the process group (safe to call twice and for a one-process context)."""
+    if ctx.backend is not None and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def per_rank_batch(global_batch: int, world_size: int, accumulation: int = 1) -> int:
+    """Samples per rank per micro-batch. The global batch is what the optimiser sees per step,
+    whatever the number of processes; it must split evenly over ranks and accumulation steps."""
+    for label, value in (("global batch", global_batch), ("world size", world_size),
+                         ("gradient accumulation", accumulation)):
+        if int(value) < 1:
+            raise DistributedSetupError(f"{label} must be a positive integer, got {value}")
+    parts = world_size * accumulation
+    if global_batch % parts:
+        fits = [b for b in range(parts, 4 * parts + 1, parts)]
+        raise DistributedSetupError(
+            f"global batch {global_batch} does not split over {world_size} process(es) x {accumulation} "
+            f"accumulation step(s) = {parts} equal micro-batches; use a multiple of {parts} "
+            f"(e.g. {', '.join(map(str, fits[:3]))}) or change the number of processes / accumulation")
+    return global_batch // parts
+
+
+class ShardedBatches:
+    """The samples of every optimiser step, and this rank's share of them, as a pure function of
+    (seed, step): resuming at step s needs nothing but s, and ranks never overlap.
+
+    Epoch e is a permutation of all samples drawn from seed + e; step s takes the next
+    `global_batch` indices of it (a last incomplete global batch is dropped, so no sample is seen
+    twice in an epoch). The global batch is cut into world * accumulation equal micro-batches;
+    micro-batch a of rank r is part a * world + r.
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, world_size: int = 1, rank: int = 0,
+                 accumulation: int = 1, seed: int = 0, shuffle: bool = True):
+        self.micro = per_rank_batch(global_batch, world_size, accumulation)
+        if num_samples < global_batch:
+            raise DistributedSetupError(
+                f"the dataset has {num_samples} sample(s), fewer than the global batch of {global_batch}; "
+                "lower the batch size or add data")
+        if not 0 <= rank < world_size:
+            raise DistributedSetupError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.num_samples, self.global_batch = num_samples, global_batch
+        self.world_size, self.rank, self.accumulation = world_size, rank, accumulation
+        self.seed, self.shuffle = seed, shuffle
+        self.steps_per_epoch = num_samples // global_batch
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_samples, generator=g)
+
+    def global_indices(self, step: int) -> list[int]:
+        """Every sample of optimiser step `step` (0-based), in order."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        order = self.epoch_order(epoch)
+        return order[pos * self.global_batch:(pos + 1) * self.global_batch].tolist()
+
+    def rank_micro_batches(self, step: int, rank: int | None = None) -> list[list[int]]:
+        """This rank's (or `rank`'s) micro-batches of step `step`, one list per accumulation step."""
+        rank = self.rank if rank is None else rank
+        batch = self.global_indices(step)
+        m, w = self.micro, self.world_size
+        return [batch[(a * w + rank) * m:(a * w + rank + 1) * m] for a in range(self.accumulation)]
+
+
+class AdapterLoss(nn.Module):
+    """The module DDP wraps: its only parameters are the trainable adapters; forward runs the loss.
+
+    `loss_fn(*args, **kwargs)` computes the training loss with the (frozen, unregistered) base model
+    and the adapters; DDP sees only `adapters`' parameters, so the base is never all-reduced.
+    """
+
+    def __init__(self, adapters: nn.Module, loss_fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.adapters = adapters
+        self._loss_fn = loss_fn  # a plain attribute: whatever it closes over is not registered
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self._loss_fn(*args, **kwargs)
+
+
+def wrap_adapters(adapters: nn.Module, loss_fn: Callable[..., torch.Tensor], ctx: DistContext) -> nn.Module:
+    """`AdapterLoss(adapters, loss_fn)`, inside DistributedDataParallel when there are several ranks.
+
+    DDP broadcasts rank 0's adapters to every rank here, so all ranks start from the same weights,
+    and averages the adapters' gradients in backward (sum / world: with equal micro-batches, the
+    gradient of the global-batch mean loss).
+    """
+    frozen = [n for n, p in adapters.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise DistributedSetupError(f"the adapters module has frozen parameters ({frozen[0]}, ...): "
+                                    "wrap only the trainable adapters, not the base model")
+    module = AdapterLoss(adapters, loss_fn)
+    if not ctx.distributed:
+        return module
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    try:
+        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    except RuntimeError as error:
+        raise PeerFailure(peer_failure_message(ctx, "the initial broadcast of the adapters", error)) from error
+
+
+def accumulate(module: nn.Module, micro_batches: Sequence, backward_one: Callable[[nn.Module, object], float],
+               ctx: DistContext) -> list[float]:
+    """Run `backward_one(module, micro_batch)` (forward + backward of one micro-batch, loss already
+    divided by the accumulation count) for each micro-batch; gradients are all-reduced once, on the
+    last one (DDP's no_sync for the others). Returns the per-micro-batch losses."""
+    losses = []
+    last = len(micro_batches) - 1
+    for a, micro in enumerate(micro_batches):
+        sync = contextlib.nullcontext()
+        if ctx.distributed and a < last:
+            sync = module.no_sync()
+        with sync, collective_guard(ctx, "the gradient all-reduce"):
+            losses.append(float(backward_one(module, micro)))
+    return losses
+
+
+def peer_failure_message(ctx: DistContext, what: str, error: BaseException) -> str:
+    return (f"rank {ctx.rank}/{ctx.world_size}: {what} failed: another process of this job died, was "
+            f"killed or stopped answering ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            "Checkpoints already written are intact; run the same command with --resume to continue "
+            "from the last one (under torchrun --max-restarts this happens automatically).")
+
+
+@contextlib.contextmanager
+def collective_guard(ctx: DistContext, what: str) -> Iterator[None]:
+    """Turn the error a collective raises when a peer is gone into a PeerFailure with a clear message."""
+    if not ctx.distributed:
+        yield
+        return
+    try:
+        yield
+    except PeerFailure:
+        raise
+    except (RuntimeError, dist.DistError) as error:
+        if _looks_like_peer_failure(error):
+            raise PeerFailure(peer_failure_message(ctx, what, error)) from error
+        raise
+
+
+def _looks_like_peer_failure(error: BaseException) -> bool:
+    if isinstance(error, (dist.DistBackendError, dist.DistNetworkError)):
+        return True
+    text = str(error).lower()
+    return any(s in text for s in ("connection closed", "connection reset", "broken pipe", "timed out",
+                                   "timeout", "gloo", "nccl", "peer", "socket"))
+
+
+def barrier(ctx: DistContext, what: str = "a barrier") -> None:
+    if ctx.distributed:
+        with collective_guard(ctx, what):
+            dist.barrier()
+
+
+@contextlib.contextmanager
+def main_rank_first(ctx: DistContext, what: str = "building the cache") -> Iterator[None]:
+    """Rank 0 runs the body first (e.g. builds the cache and writes it); the other ranks wait, then
+    run it (finding the cache complete, so they only read). No two ranks write the same file."""
+    if ctx.distributed and not ctx.is_main:
+        barrier(ctx, f"waiting for rank 0 ({what})")
+    yield
+    if ctx.distributed and ctx.is_main:
+        barrier(ctx, f"releasing the other ranks after {what}")
+
+
+def broadcast_object(ctx: DistContext, value, what: str = "a broadcast"):
+    """Rank 0's `value` on every rank."""
+    if not ctx.distributed:
+        return value
+    box = [value]
+    with collective_guard(ctx, what):
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_over_ranks(ctx: DistContext, value: float) -> float:
+    """The mean of a float over all ranks (for logging the global-batch loss on rank 0)."""
+    if not ctx.distributed:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=ctx.device)
+    with collective_guard(ctx, "averaging the loss"):
+        dist.all_reduce(t)
+    return float(t.item()) / ctx.world_size
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: allocated GPU memory on a GPU, resident set size on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(usage if sys.platform == "darwin" else usage * 1024)  # macOS: bytes, Linux: KiB
+
+
+def all_ranks_memory(ctx: DistContext) -> list[int]:
+    """Peak memory of every rank (bytes), gathered for rank 0's progress line."""
+    mine = peak_memory_bytes(ctx.device)
+    if not ctx.distributed:
+        return [mine]
+    t = torch.tensor([mine], dtype=torch.int64, device=ctx.device)
+    out = [torch.zeros_like(t) for _ in range(ctx.world_size)]
+    with collective_guard(ctx, "gathering memory use"):
+        dist.all_gather(out, t)
+    return [int(x.item()) for x in out]
