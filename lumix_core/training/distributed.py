@@ -7,14 +7,15 @@ What this module adds to a single-process trainer, and nothing else:
   GPUs, gloo on CPUs. Without torchrun's variables it returns a one-process context, so the same
   code path trains on one device.
 * `wrap_adapters` wraps ONLY the trainable adapters in DistributedDataParallel: the frozen base model
-  is replicated on every rank (loaded by each) and never all-reduced. DDP only registers gradient
-  hooks when its own forward runs, so the wrapped module's forward is the whole loss computation
-  (`AdapterLoss`), with the base model held outside the module's parameters.
+  is replicated on every rank (loaded by each) and never all-reduced. DDP only prepares its gradient
+  all-reduce when its own forward runs, so the adapters module's forward runs the whole training
+  forward pass it is handed (LumiXAdapters.forward(compute, *args)).
 * `ShardedBatches`: a deterministic, resumable order. The global batch and the learning rate are
   settings of the run, independent of the world size; each rank takes its own disjoint slice of
   each global batch (per-rank micro-batch = global / (world * accumulation)), so N ranks see
   exactly the samples, and average exactly the gradient, of one process with the same global batch.
-* `main_rank_first` (build a cache on rank 0, the others wait then read it), `all_ranks_memory`
+* `in_turns` (build a cache on rank 0 first, then on each other node's first rank, then the rest
+  only read it: no two ranks write the same file, and nodes need not share a file system), `all_ranks_memory`
   (memory per rank for rank 0's console), `PeerFailure` (a collective that failed because a peer
   died), `shutdown`.
 """
@@ -190,41 +191,24 @@ class ShardedBatches:
         return [batch[(a * w + rank) * m:(a * w + rank + 1) * m] for a in range(self.accumulation)]
 
 
-class AdapterLoss(nn.Module):
-    """The module DDP wraps: its only parameters are the trainable adapters; forward runs the loss.
+def wrap_adapters(adapters: nn.Module, ctx: DistContext) -> nn.Module:
+    """`adapters` inside DistributedDataParallel when there are several ranks (itself otherwise).
 
-    `loss_fn(*args, **kwargs)` computes the training loss with the (frozen, unregistered) base model
-    and the adapters; DDP sees only `adapters`' parameters, so the base is never all-reduced.
-    """
-
-    def __init__(self, adapters: nn.Module, loss_fn: Callable[..., torch.Tensor]):
-        super().__init__()
-        self.adapters = adapters
-        self._loss_fn = loss_fn  # a plain attribute: whatever it closes over is not registered
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self._loss_fn(*args, **kwargs)
-
-
-def wrap_adapters(adapters: nn.Module, loss_fn: Callable[..., torch.Tensor], ctx: DistContext) -> nn.Module:
-    """`AdapterLoss(adapters, loss_fn)`, inside DistributedDataParallel when there are several ranks.
-
-    DDP broadcasts rank 0's adapters to every rank here, so all ranks start from the same weights,
-    and averages the adapters' gradients in backward (sum / world: with equal micro-batches, the
-    gradient of the global-batch mean loss).
+    `adapters` holds every trainable parameter and nothing else (LumiXAdapters); its forward runs the
+    training forward pass it is given (`module(compute, *args)`), so that DDP sees it and hooks the
+    adapters' gradients. The frozen base lives outside it: replicated by each rank, never all-reduced.
+    DDP broadcasts rank 0's adapters to every rank here, and averages the adapters' gradients in
+    backward (sum / world: with equal micro-batches, the gradient of the global-batch mean loss).
     """
     frozen = [n for n, p in adapters.named_parameters() if not p.requires_grad]
     if frozen:
         raise DistributedSetupError(f"the adapters module has frozen parameters ({frozen[0]}, ...): "
                                     "wrap only the trainable adapters, not the base model")
-    module = AdapterLoss(adapters, loss_fn)
     if not ctx.distributed:
-        return module
+        return adapters
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    try:
-        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
-    except RuntimeError as error:
-        raise PeerFailure(peer_failure_message(ctx, "the initial broadcast of the adapters", error)) from error
+    with collective_guard(ctx, "the initial broadcast of the adapters"):
+        return nn.parallel.DistributedDataParallel(adapters, device_ids=device_ids, broadcast_buffers=False)
 
 
 def accumulate(module: nn.Module, micro_batches: Sequence, backward_one: Callable[[nn.Module, object], float],
@@ -280,15 +264,18 @@ def barrier(ctx: DistContext, what: str = "a barrier") -> None:
             dist.barrier()
 
 
-@contextlib.contextmanager
-def main_rank_first(ctx: DistContext, what: str = "building the cache") -> Iterator[None]:
-    """Rank 0 runs the body first (e.g. builds the cache and writes it); the other ranks wait, then
-    run it (finding the cache complete, so they only read). No two ranks write the same file."""
-    if ctx.distributed and not ctx.is_main:
-        barrier(ctx, f"waiting for rank 0 ({what})")
-    yield
-    if ctx.distributed and ctx.is_main:
-        barrier(ctx, f"releasing the other ranks after {what}")
+def in_turns(ctx: DistContext, work: Callable[[], object], what: str = "building the cache"):
+    """Run `work()` on every rank, in three turns separated by barriers: rank 0; then the first rank
+    of every other node (which finds rank 0's files if the nodes share a file system, and builds
+    its node's own otherwise); then every other rank (which finds its node's files complete and
+    only reads). Returns work()'s result on each rank."""
+    turns = (ctx.rank == 0, ctx.rank != 0 and ctx.local_rank == 0, ctx.local_rank != 0)
+    result = None
+    for turn, mine in enumerate(turns):
+        if mine:
+            result = work()
+        barrier(ctx, f"{what} (turn {turn + 1} of 3)")
+    return result
 
 
 def broadcast_object(ctx: DistContext, value, what: str = "a broadcast"):

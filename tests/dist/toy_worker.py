@@ -19,7 +19,14 @@ torch.use_deterministic_algorithms(True)
 ctx = D.init_distributed("cpu", timeout_s=60)
 torch.manual_seed(1234 + ctx.rank)  # different per rank on purpose: DDP must broadcast rank 0's adapters
 
-adapters = nn.ModuleDict({"a": nn.Linear(6, 8, bias=False), "b": nn.Linear(8, 3)})
+
+
+class ToyAdapters(nn.ModuleDict):
+    def forward(self, compute, *args):  # as LumiXAdapters: DDP must see the training forward pass
+        return compute(*args)
+
+
+adapters = ToyAdapters({"a": nn.Linear(6, 8, bias=False), "b": nn.Linear(8, 3)})
 base = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).requires_grad_(False)
 with torch.no_grad():
     g = torch.Generator().manual_seed(0)
@@ -36,7 +43,7 @@ def loss_fn(idx):
     return ((base[2](h) + adapters["b"](h) - data_y[idx]) ** 2).mean()
 
 
-module = D.wrap_adapters(adapters, loss_fn, ctx)
+module = D.wrap_adapters(adapters, ctx)
 sampler = D.ShardedBatches(len(data_x), global_batch, ctx.world_size, ctx.rank, accumulation, seed=7)
 opt = torch.optim.AdamW(adapters.parameters(), lr=1e-2)
 seen = []
@@ -44,7 +51,7 @@ seen = []
 
 def backward_one(mod, micro):
     seen.extend(micro)
-    loss = mod(torch.tensor(micro)) / accumulation
+    loss = mod(loss_fn, torch.tensor(micro)) / accumulation
     loss.backward()
     return loss.item()
 
