@@ -10,10 +10,11 @@ What this module adds to a single-process trainer, and nothing else:
   is replicated on every rank (loaded by each) and never all-reduced. DDP only prepares its gradient
   all-reduce when its own forward runs, so the adapters module's forward runs the whole training
   forward pass it is handed (LumiXAdapters.forward(compute, *args)).
-* `ShardedBatches`: a deterministic, resumable order. The global batch and the learning rate are
-  settings of the run, independent of the world size; each rank takes its own disjoint slice of
-  each global batch (per-rank micro-batch = global / (world * accumulation)), so N ranks see
-  exactly the samples, and average exactly the gradient, of one process with the same global batch.
+* `per_rank_batch`: the global batch and the learning rate are settings of the run, independent of
+  the world size; each rank's micro-batch is global / (world * accumulation), checked before any
+  model is loaded. (Which samples each rank takes is the trainer's DataOrder: disjoint slices of
+  each global batch, so N ranks see exactly the samples, and average exactly the gradient, of one
+  process with the same global batch.)
 * `in_turns` (build a cache on rank 0 first, then on each other node's first rank, then the rest
   only read it: no two ranks write the same file, and nodes need not share a file system), `all_ranks_memory`
   (memory per rank for rank 0's console), `PeerFailure` (a collective that failed because a peer
@@ -27,7 +28,7 @@ import os
 import resource
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -147,50 +148,6 @@ def per_rank_batch(global_batch: int, world_size: int, accumulation: int = 1) ->
     return global_batch // parts
 
 
-class ShardedBatches:
-    """The samples of every optimiser step, and this rank's share of them, as a pure function of
-    (seed, step): resuming at step s needs nothing but s, and ranks never overlap.
-
-    Epoch e is a permutation of all samples drawn from seed + e; step s takes the next
-    `global_batch` indices of it (a last incomplete global batch is dropped, so no sample is seen
-    twice in an epoch). The global batch is cut into world * accumulation equal micro-batches;
-    micro-batch a of rank r is part a * world + r.
-    """
-
-    def __init__(self, num_samples: int, global_batch: int, world_size: int = 1, rank: int = 0,
-                 accumulation: int = 1, seed: int = 0, shuffle: bool = True):
-        self.micro = per_rank_batch(global_batch, world_size, accumulation)
-        if num_samples < global_batch:
-            raise DistributedSetupError(
-                f"the dataset has {num_samples} sample(s), fewer than the global batch of {global_batch}; "
-                "lower the batch size or add data")
-        if not 0 <= rank < world_size:
-            raise DistributedSetupError(f"rank {rank} is outside 0..{world_size - 1}")
-        self.num_samples, self.global_batch = num_samples, global_batch
-        self.world_size, self.rank, self.accumulation = world_size, rank, accumulation
-        self.seed, self.shuffle = seed, shuffle
-        self.steps_per_epoch = num_samples // global_batch
-
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.num_samples)
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.num_samples, generator=g)
-
-    def global_indices(self, step: int) -> list[int]:
-        """Every sample of optimiser step `step` (0-based), in order."""
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        order = self.epoch_order(epoch)
-        return order[pos * self.global_batch:(pos + 1) * self.global_batch].tolist()
-
-    def rank_micro_batches(self, step: int, rank: int | None = None) -> list[list[int]]:
-        """This rank's (or `rank`'s) micro-batches of step `step`, one list per accumulation step."""
-        rank = self.rank if rank is None else rank
-        batch = self.global_indices(step)
-        m, w = self.micro, self.world_size
-        return [batch[(a * w + rank) * m:(a * w + rank + 1) * m] for a in range(self.accumulation)]
-
-
 def wrap_adapters(adapters: nn.Module, ctx: DistContext) -> nn.Module:
     """`adapters` inside DistributedDataParallel when there are several ranks (itself otherwise).
 
@@ -209,22 +166,6 @@ def wrap_adapters(adapters: nn.Module, ctx: DistContext) -> nn.Module:
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     with collective_guard(ctx, "the initial broadcast of the adapters"):
         return nn.parallel.DistributedDataParallel(adapters, device_ids=device_ids, broadcast_buffers=False)
-
-
-def accumulate(module: nn.Module, micro_batches: Sequence, backward_one: Callable[[nn.Module, object], float],
-               ctx: DistContext) -> list[float]:
-    """Run `backward_one(module, micro_batch)` (forward + backward of one micro-batch, loss already
-    divided by the accumulation count) for each micro-batch; gradients are all-reduced once, on the
-    last one (DDP's no_sync for the others). Returns the per-micro-batch losses."""
-    losses = []
-    last = len(micro_batches) - 1
-    for a, micro in enumerate(micro_batches):
-        sync = contextlib.nullcontext()
-        if ctx.distributed and a < last:
-            sync = module.no_sync()
-        with sync, collective_guard(ctx, "the gradient all-reduce"):
-            losses.append(float(backward_one(module, micro)))
-    return losses
 
 
 def peer_failure_message(ctx: DistContext, what: str, error: BaseException) -> str:
