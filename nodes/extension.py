@@ -8,13 +8,14 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 from .model_nodes import LumiXQueryBroadcast, LumiXTensorLoRALoader, register_model_folder
 from .map_tool_nodes import LumiXConsistency, LumiXDepthColormap, LumiXNormalFlip, LumiXRelight, LumiXSaveMaps
 from .sampler_node import LumiXSampler
+from .training_nodes import LumiXTrainer, LumiXTrainingDataset
 
 
 class LumiXExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LumiXQueryBroadcast, LumiXTensorLoRALoader, LumiXSampler, LumiXConsistency, LumiXRelight,
-                LumiXSaveMaps, LumiXDepthColormap, LumiXNormalFlip]
+                LumiXSaveMaps, LumiXDepthColormap, LumiXNormalFlip, LumiXTrainingDataset, LumiXTrainer]
 
 
 async def comfy_entrypoint() -> LumiXExtension:

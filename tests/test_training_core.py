@@ -281,3 +281,12 @@ def test_a_diverging_run_stops_with_a_clear_error():
     trainer = Trainer(lambda *a: model(*a) * float("nan"), adapters, MemoryScenes(4), config)
     with pytest.raises(FloatingPointError, match="diverged"):
         trainer.run()
+
+
+def test_a_missing_prodigyopt_gives_a_clear_message(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # import fails as if not installed
+    assert not prodigy_available()
+    model, adapters, config = setup(optimizer="prodigy", learning_rate=1.0)
+    with pytest.raises(RuntimeError, match="pip install prodigyopt"):
+        Trainer(model, adapters, MemoryScenes(4), config)

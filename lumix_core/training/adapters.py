@@ -9,6 +9,7 @@ gradients for all-reduce).
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from ..checkpoint import ADAPTER_NAMES, BLOCK_KINDS, LumiXCheckpoint
 from ..maps import MAP_COUNT
 from ..tensor_lora import TensorLoRA
+from .order import derived_seed
 
 BlockKey = tuple[str, int]
 
@@ -28,7 +30,8 @@ class LumiXAdapters(nn.Module):
     """kv_tt_lora and proj_tt_lora for every double and single block, float32 by default."""
 
     def __init__(self, hidden_size: int, double_blocks: int, single_blocks: int, num_maps: int = MAP_COUNT,
-                 rank: int = 8, alpha: float = 1.0, dtype: torch.dtype = torch.float32, device=None):
+                 rank: int = 8, alpha: float = 1.0, dtype: torch.dtype = torch.float32, device=None,
+                 seed: int = 0):
         super().__init__()
         if hidden_size < 1 or double_blocks < 0 or single_blocks < 0 or double_blocks + single_blocks == 0:
             raise ValueError(f"LumiXAdapters needs a positive width and at least one block, got width "
@@ -42,6 +45,20 @@ class LumiXAdapters(nn.Module):
                     "kv_tt_lora": TensorLoRA(num_maps, hidden_size, 2 * hidden_size, rank, alpha, dtype, device),
                     "proj_tt_lora": TensorLoRA(num_maps, hidden_size, hidden_size, rank, alpha, dtype, device),
                 })
+        self.reset_parameters(seed)
+
+    def reset_parameters(self, seed: int = 0) -> None:
+        """TensorLoRA's initialisation (G3 = 0: a no-op; G1, G2 normal) drawn from `seed`, not from
+        the global RNG, so that a run is reproducible whatever ran before it."""
+        with torch.no_grad():
+            for n, (name, block) in enumerate(self.blocks.items()):
+                for k, module in enumerate(block.values()):
+                    g = torch.Generator().manual_seed(derived_seed(seed, n, k))
+                    for factor, std in (("G1", 1.0 / math.sqrt(module.num_maps * module.rank)),
+                                        ("G2", 1.0 / math.sqrt(module.in_features))):
+                        p = getattr(module, factor)
+                        p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * std)
+                    module.G3.zero_()
 
     @classmethod
     def from_checkpoint(cls, checkpoint: LumiXCheckpoint, double_blocks: int, single_blocks: int,

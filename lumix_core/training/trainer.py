@@ -64,7 +64,8 @@ class Trainer:
     ddp_module: optional wrapper of `adapters` (e.g. DistributedDataParallel); the forward pass runs
     through it so that it syncs gradients. is_main gates every file write (checkpoints, state, logs).
     output_dir/name: where `<name>_step<N>.safetensors`, `<name>.safetensors` (final) and
-    `<name>.state.pt` go. log: optional callable(record dict), called on the main rank only.
+    `<name>.state.pt` go (final_checkpoint: another path for the final file).
+    log: optional callable(record dict), called on the main rank only.
     validate: optional callable(step) -> dict of metrics, called on the main rank every validate_every.
     """
 
@@ -72,7 +73,7 @@ class Trainer:
                  rank: int = 0, world_size: int = 1, is_main: Optional[bool] = None, ddp_module=None,
                  device=None, compute_dtype: torch.dtype = torch.float32, output_dir: Optional[str] = None,
                  name: str = "lumix_lora", log: Optional[Callable[[dict], None]] = None,
-                 validate: Optional[Callable[[int], dict]] = None):
+                 validate: Optional[Callable[[int], dict]] = None, final_checkpoint: Optional[str] = None):
         if data.num_maps != adapters.num_maps:
             raise ValueError(f"the dataset has {data.num_maps} maps per scene but the adapters mix "
                              f"{adapters.num_maps}; train adapters with num_maps={data.num_maps}")
@@ -85,6 +86,7 @@ class Trainer:
         self.device = device if device is not None else next(adapters.parameters()).device
         self.compute_dtype = compute_dtype
         self.output_dir, self.name, self.log, self.validate = output_dir, name, log, validate
+        self.final_checkpoint = final_checkpoint
         self.order = DataOrder(len(data), config.batch_size, config.seed, rank, world_size, config.grad_accumulation)
         self.optimizer = build_optimizer(adapters.parameters(), config)
         self.step = 0  # optimisation steps done
@@ -172,6 +174,8 @@ class Trainer:
 
     # -- files (main rank only) ------------------------------------------------------------------
     def checkpoint_path(self, final: bool = False) -> Optional[str]:
+        if final and self.final_checkpoint is not None:
+            return self.final_checkpoint
         if self.output_dir is None:
             return None
         stem = self.name if final else f"{self.name}_step{self.step:06d}"
