@@ -120,9 +120,19 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistCont
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=timeout_s)
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        dist.init_process_group(backend=backend, store=_attempt_store(rank, world, timeout, restarts), rank=rank,
+                                world_size=world, timeout=timeout, **kwargs)
     return DistContext(rank, world, local_rank, dev, backend, restarts)
+
+
+def _attempt_store(rank: int, world: int, timeout: datetime.timedelta, restarts: int):
+    """torchrun's store (env://), under a prefix of its own for each elastic restart. torchrun shares
+    one store across restarts, so without it a restarted rank can read the addresses the dead
+    attempt's ranks published and fail to connect (pytorch/pytorch#135712)."""
+    store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+    return dist.PrefixStore(f"lumix/attempt_{restarts}", store)
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -165,7 +175,7 @@ def wrap_adapters(adapters: nn.Module, ctx: DistContext) -> nn.Module:
         return adapters
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     with collective_guard(ctx, "the initial broadcast of the adapters"):
-        return nn.parallel.DistributedDataParallel(adapters, device_ids=device_ids, broadcast_buffers=False)
+        return nn.parallel.DistributedDataParallel(adapters, device_ids=device_ids)  # (adapters hold no buffers)
 
 
 def peer_failure_message(ctx: DistContext, what: str, error: BaseException) -> str:

@@ -7,6 +7,7 @@ model files may also be plain file names that ComfyUI's folder_paths resolves (m
 """
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,16 @@ class RunConfig:
 
     def state_path(self) -> Path:
         return self.output_dir / f"{self.output['name']}.state.pt"
+
+    def encoder_id(self) -> str:
+        """What the cache keys latents and embeddings by, without loading the encoders: their files'
+        names and sizes (another VAE or text encoder gives other cache entries)."""
+        parts = []
+        for setting in ("vae", "clip_l", "t5xxl"):
+            value = self.model[setting]
+            size = os.path.getsize(value) if value and os.path.isfile(value) else "?"
+            parts.append(f"{setting}={Path(value).name}:{size}")
+        return ";".join(parts)
 
 
 _PATH_SETTINGS = {("data", "root"), ("data", "cache_dir"), ("output", "dir")}
