@@ -27,6 +27,11 @@ WIDGETS = {
     "LumiXRelight": ["azimuth", "elevation", "light_color", "intensity", "ambient"],
     "LumiXDepthColormap": ["colormap", "near_is_high", "depth_convention"],
     "LumiXSaveMaps": ["filename_prefix", "fov_degrees"],
+    "LumiXTrainingDataset": ["folder", "resolution", "flip", "cache_folder"],
+    "LumiXTrainer": ["output_name", "steps", "rank", "optimizer", "learning_rate", "batch_size", "grad_accumulation",
+                     "warmup_steps", "max_grad_norm", "timestep_sampling", "guidance", "held_map_probability",
+                     "caption_dropout", "gradient_checkpointing", "seed", "save_every", "init_from", "resume",
+                     "validate_every", "validation_scenes", "validation_size", "validation_steps"],
 }
 
 

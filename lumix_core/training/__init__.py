@@ -22,7 +22,13 @@ API note for the distributed (torchrun) trainer -- these names are stable:
 * ``read_training_state(path)`` (files.py) for ``--resume``.
 * Data (data.py, cache.py): ``scan_dataset(root)`` -> ``DatasetScan`` (both layouts, skip counts);
   ``encode_dataset(scan, encode_images, encode_text, cache_dir, resolution, flip)`` ->
-  ``EncodedDataset`` (a SceneSource) with an on-disk safetensors cache keyed by content+settings.
+  ``EncodedDataset`` (a SceneSource) with an on-disk safetensors cache keyed by content+settings;
+  ``dataset.with_latent_transform(model.model.process_latent_in)`` before training.
+* Host side (ComfyUI as a library): nodes/training_model.py -- ``new_adapters``, ``training_model``
+  (apply_lumix + per-block checkpointing), ``load_for_training``, ``prepare_base_for_autograd`` (ComfyUI
+  builds weights in inference mode; autograd refuses those), ``frozen_base``, ``make_denoiser``,
+  ``compute_dtype``. nodes/training_nodes.py shows the whole sequence; benchmarks/train_step.py imports
+  the extension as a package outside ComfyUI's node loader.
 """
 from .adapters import LumiXAdapters
 from .cache import CachedScene, EncodedDataset, encode_dataset, latent_key, text_key

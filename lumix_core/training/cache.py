@@ -52,9 +52,9 @@ def _write(path: str, tensors: dict) -> None:
     atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp))
 
 
-def _read(path: str) -> dict[str, torch.Tensor]:
+def _read(path: str, keys: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
     with safe_open(path, framework="pt", device="cpu") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+        return {k: f.get_tensor(k) for k in (keys or f.keys())}
 
 
 @dataclass
@@ -94,8 +94,8 @@ class EncodedDataset:
                              f"{config.resolution}; encode the dataset at {config.resolution}")
         scene = self.scenes[index]
         flip_coin, y_coin, x_coin, drop_coin = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
-        stored = _read(scene.latents)
-        latents = stored["flipped"] if config.flip and flip_coin < 0.5 else stored["latents"]
+        key = "flipped" if config.flip and flip_coin < 0.5 else "latents"
+        latents = _read(scene.latents, (key,))[key]
         crop = self.resolution // 8
         cells_y, cells_x = (latents.shape[-2] - crop) // 2 + 1, (latents.shape[-1] - crop) // 2 + 1
         top, left = 2 * int(y_coin * cells_y), 2 * int(x_coin * cells_x)

@@ -184,3 +184,33 @@ def test_checkpointed_and_plain_gradients_agree_and_timesteps_are_per_sample():
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
     assert len(seen) == 1 and torch.equal(seen[0].cpu(), batch.t)  # one timestep per latent, as drawn
     assert len(set(batch.t.tolist())) == 10
+
+
+def test_fine_tuning_starts_from_an_existing_checkpoint(dataset, lumix_dir):
+    data, _ = dataset
+    train(comfy_loaded_flux(), data, "first", steps=2, save_every=0)
+    start = load_checkpoint(str(lumix_dir / "first.safetensors"))
+    # zero steps of fine-tuning would be the file itself; one step moves away from it but keeps its rank
+    train(comfy_loaded_flux(), data, "tuned", steps=1, save_every=0, rank=7, init_from="first.safetensors")
+    tuned = load_checkpoint(str(lumix_dir / "tuned.safetensors"))
+    assert tuned.rank == start.rank == 2
+    key = ("double_blocks", 0)
+    before, after = start.adapters[key]["kv_tt_lora"].G3, tuned.adapters[key]["kv_tt_lora"].G3
+    assert not torch.equal(before, after) and (after - before).abs().max() < 0.05  # one small AdamW step
+    with pytest.raises(ValueError, match="not in ComfyUI/models/lumix"):
+        train(comfy_loaded_flux(), data, "tuned2", init_from="missing.safetensors")
+
+
+@pytest.mark.parametrize("dtype, manual_cast", [(torch.bfloat16, None), (torch.float8_e4m3fn, torch.float32)])
+def test_low_precision_bases_train_with_float32_adapters(dataset, lumix_dir, dtype, manual_cast):
+    data, _ = dataset
+    with torch.inference_mode():
+        model = tiny_flux(seed=0, dtype=dtype, manual_cast=manual_cast)
+    base = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    train(model, data, f"low_{str(dtype)[6:]}", steps=3, save_every=0)
+    ckpt = load_checkpoint(str(lumix_dir / f"low_{str(dtype)[6:]}.safetensors"))
+    g3 = ckpt.adapters[("single_blocks", 0)]["proj_tt_lora"].G3
+    assert g3.dtype == torch.float32 and torch.isfinite(g3).all() and g3.abs().max() > 0
+    after = model.model.diffusion_model.state_dict()
+    assert all(after[k].dtype == base[k].dtype and torch.equal(after[k].view(torch.uint8), base[k].view(torch.uint8))
+               for k in base)
