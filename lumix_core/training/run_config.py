@@ -8,7 +8,6 @@ model files may also be plain file names that ComfyUI's folder_paths resolves (m
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,6 +169,10 @@ def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise RunConfigError(f"no config file at {path}; start from configs/lumix_paper.toml")
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        raise RunConfigError("reading TOML configs needs Python 3.11 or newer (the tomllib module)") from None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
