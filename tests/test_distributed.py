@@ -54,11 +54,12 @@ def test_wrap_refuses_frozen_parameters():
         D.wrap_adapters(frozen, D.DistContext())
 
 
-def torchrun(nproc, out, *args, timeout=120):
+def run_worker(nproc, out, *args, timeout=180):
+    """The worker under torchrun with `nproc` processes, or (nproc 0) as a plain one-process run."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
-           str(WORKER), str(out), *map(str, args)]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone"] if nproc else []
+    cmd = [sys.executable, *launcher, str(WORKER), str(out), *map(str, args)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return torch.load(out / "adapters.pt")
@@ -66,8 +67,8 @@ def torchrun(nproc, out, *args, timeout=120):
 
 def test_two_gloo_processes_train_like_one_process_and_see_each_scene_once(tmp_path):
     steps = 4  # 8 scenes at a global batch of 2: exactly one epoch
-    one = torchrun(1, tmp_path / "one", 2, 2, steps)  # one process, 2 accumulation micro-batches of 1
-    two = torchrun(2, tmp_path / "two", 2, 1, steps)  # two processes, 1 scene each, gradients all-reduced
+    one = run_worker(0, tmp_path / "one", 2, 2, steps)  # one process, 2 accumulation micro-batches of 1
+    two = run_worker(2, tmp_path / "two", 2, 1, steps)  # two processes, 1 scene each, gradients all-reduced
     start = starting_adapters(100).state_dict()
     assert one.keys() == two.keys() == start.keys()
     for key in start:

@@ -31,6 +31,19 @@ def starting_adapters(seed):
 if __name__ == "__main__":
     out, batch, accumulation, steps = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     ctx = D.init_distributed("cpu", timeout_s=60)
+    # the helpers the command-line trainer uses around the Trainer
+    marker = out / "built_by"
+
+    def build():  # rank 0 builds first; the others must find its file complete
+        if ctx.is_main:
+            marker.write_text("rank 0")
+        return marker.read_text()
+
+    assert D.in_turns(ctx, build, "a test cache") == "rank 0"
+    assert D.mean_over_ranks(ctx, float(ctx.rank)) == (ctx.world_size - 1) / 2
+    assert D.broadcast_object(ctx, {"from": ctx.rank}) == {"from": 0}
+    memory = D.all_ranks_memory(ctx)
+    assert len(memory) == ctx.world_size and all(m > 10 * 2**20 for m in memory)
     adapters = starting_adapters(100 + ctx.rank)  # differs per rank: DDP must broadcast rank 0's
     model = TinyDenoiser(0)
     model.adapters = adapters
