@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-import comfy.model_management
-import comfy.patcher_extension
-import comfy.utils
 from comfy_host import (TinyCLIP, TinyVAE, extension_module, folder_paths, load_extension, model_inputs, run_model,
-                        tiny_flux)
+                        tiny_flux)  # first: skips this module where there is no ComfyUI
+import comfy.model_management  # noqa: E402
+import comfy.patcher_extension  # noqa: E402
+import comfy.utils  # noqa: E402
 from lumix_core import load_checkpoint
 from lumix_core.training import LumiXAdapters, TrainConfig, flow_matching_loss, make_flow_batch
 from lumix_core.training.objective import TrainingExample
