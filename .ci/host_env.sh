@@ -14,4 +14,4 @@ REQS=$(mktemp)
 grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$TREE/requirements.txt" > "$REQS"
 "${PIP[@]}" -r "$REQS"
 rm -f "$REQS"
-"${PIP[@]}" pytest hypothesis openexr requests spandrel -r requirements.txt
+"${PIP[@]}" pytest hypothesis openexr requests spandrel prodigyopt -r requirements.txt  # prodigyopt: the optional Prodigy path of the trainer

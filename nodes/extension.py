@@ -9,6 +9,7 @@ from .model_nodes import LumiXQueryBroadcast, LumiXTensorLoRALoader, register_mo
 from .map_tool_nodes import LumiXConsistency, LumiXDepthColormap, LumiXNormalFlip, LumiXRelight, LumiXSaveMaps
 from .composable_nodes import LumiXEmptyLatent, LumiXHoldMaps, LumiXNoise, LumiXReferenceSigmas, LumiXSplitMaps
 from .sampler_node import LumiXSampler
+from .training_nodes import LumiXTrainer, LumiXTrainingDataset
 
 
 class LumiXExtension(ComfyExtension):
@@ -16,7 +17,8 @@ class LumiXExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LumiXQueryBroadcast, LumiXTensorLoRALoader, LumiXSampler, LumiXConsistency, LumiXRelight,
                 LumiXSaveMaps, LumiXDepthColormap, LumiXNormalFlip,
-                LumiXEmptyLatent, LumiXNoise, LumiXReferenceSigmas, LumiXHoldMaps, LumiXSplitMaps]
+                LumiXEmptyLatent, LumiXNoise, LumiXReferenceSigmas, LumiXHoldMaps, LumiXSplitMaps,
+                LumiXTrainingDataset, LumiXTrainer]
 
 
 async def comfy_entrypoint() -> LumiXExtension:

@@ -1,0 +1,202 @@
+"""One LumiX training step on ComfyUI's FLUX: time and peak memory as ratios against a plain
+forward+backward of the unpatched model measured in the same run.
+
+Cases (each a full optimisation step of the LumiX trainer unless said otherwise):
+  plain            FLUX without LumiX, forward + backward to the input latents (the baseline). ComfyUI's
+                   own single block adds in place, which autograd cannot differentiate, so the blocks
+                   run through this project's block functions with LumiX off (bit-identical to
+                   ComfyUI's forward, tests/test_blocks.py) and no gradient checkpointing
+  lumix_ckpt       LumiX adapters + query broadcast, gradient checkpointing per block, cached latents/text
+  lumix_nockpt     the same without gradient checkpointing
+  lumix_ckpt_vae   with checkpointing, but the five maps VAE-encoded every step (no latent cache;
+                   ComfyUI's FLUX VAE architecture with random weights; the text encoders are NOT
+                   included: T5-XXL does not fit a CPU benchmark, so the uncached cost is a lower bound)
+
+Every measurement runs in a fresh child process (so peak memory is its own), cases interleaved,
+medians of --repeats. CPU peak memory: the resident set's high-water mark (VmHWM) reset just
+before the step; CUDA: torch.cuda.max_memory_allocated.
+
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/train_step.py            # CPU: a FLUX-width sliver
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/train_step.py --full     # GPU: 19+38 blocks, 512x512
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = ("plain", "lumix_ckpt", "lumix_nockpt", "lumix_ckpt_vae")
+
+
+def _comfy(path):
+    sys.path.insert(0, path)
+    import torch
+    from comfy.cli_args import args
+    if not torch.cuda.is_available():
+        args.cpu = True
+
+
+def _extension():
+    spec = importlib.util.spec_from_file_location("lumix_ext", os.path.join(REPO, "__init__.py"),
+                                                  submodule_search_locations=[REPO])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lumix_ext"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("lumix_ext.nodes.training_model")
+
+
+def _kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def build_flux(o, torch):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    head = o.hidden // o.heads
+    cfg = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
+           "hidden_size": o.hidden, "mlp_ratio": 4.0, "num_heads": o.heads, "depth": o.double,
+           "depth_single_blocks": o.single, "axes_dim": [head // 8, 7 * head // 16, 7 * head // 16], "theta": 10000,
+           "qkv_bias": True, "guidance_embed": True, "patch_size": 2}
+    config = comfy.supported_models.Flux(cfg)
+    dtype = getattr(torch, o.dtype)
+    config.set_inference_dtype(dtype, None)
+    device = mm.get_torch_device()
+    with torch.device(device):
+        base = config.get_model({}, device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in base.diffusion_model.parameters():
+            p.copy_((torch.randn(p.shape, generator=g, device=device) * 0.02).to(p.dtype))
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+
+
+def build_vae(torch, device):
+    from comfy.ldm.models.autoencoder import AutoencodingEngine
+    dd = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3,
+          "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    vae = AutoencodingEngine(regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+                             encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": dd},
+                             decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": dd})
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def child(o):
+    _comfy(o.comfyui)
+    import torch
+    tm = _extension()
+    from lumix_ext.lumix_core.training import (LumiXAdapters, TrainConfig, TrainingExample, build_optimizer,
+                                               flow_matching_loss, make_flow_batch)
+    model = build_flux(o, torch)
+    device = model.load_device
+    dm = model.model.diffusion_model
+    dm.requires_grad_(False)
+    lat = o.size // 8
+    g = torch.Generator().manual_seed(1)
+    example = TrainingExample(torch.randn(5, 16, lat, lat, generator=g), torch.randn(o.text, 4096, generator=g),
+                              torch.randn(768, generator=g))
+    config = TrainConfig(resolution=o.size, rank=8)
+    batch = make_flow_batch([example], [torch.Generator().manual_seed(2)], config, device, getattr(torch, o.dtype))
+    cuda = device.type == "cuda"
+
+    if o.case == "plain":
+        x = batch.x_t.clone().requires_grad_(True)
+        plain = tm.make_denoiser(tm.apply_lumix(model))  # query broadcast off, no adapters
+
+        def step():
+            (plain(x, batch.t, batch.context, batch.pooled, batch.guidance) - batch.target).pow(2).mean().backward()
+    else:
+        adapters = LumiXAdapters(dm.hidden_size, o.double, o.single, rank=8, device=device)
+        patched = tm.training_model(model, adapters, o.case != "lumix_nockpt")
+        denoise = tm.make_denoiser(patched)
+        opt = build_optimizer(adapters.parameters(), config)
+        vae = build_vae(torch, device) if o.case == "lumix_ckpt_vae" else None
+        pixels = torch.rand(5, 3, o.size, o.size, device=device)
+
+        def step():
+            if vae is not None:
+                with torch.no_grad():
+                    vae.encode(pixels * 2 - 1)
+            flow_matching_loss(denoise, batch, 5).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up (allocator, lazy init)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_mem = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base_mem = _kib("VmRSS") * 1024
+    start = time.perf_counter()
+    step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() if cuda else _kib("VmHWM") * 1024) - base_mem
+    print(json.dumps({"case": o.case, "seconds": seconds, "peak_bytes": peak}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (or COMFYUI_PATH)")
+    p.add_argument("--full", action="store_true", help="FLUX.1-dev size: 19 double + 38 single blocks, bf16, 512x512")
+    p.add_argument("--hidden", type=int, default=3072)
+    p.add_argument("--heads", type=int, default=24)
+    p.add_argument("--double", type=int, default=1)
+    p.add_argument("--single", type=int, default=1)
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (5 maps, one scene)")
+    p.add_argument("--text", type=int, default=32, help="text tokens")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    o = p.parse_args()
+    if not o.comfyui:
+        sys.exit("set COMFYUI_PATH (or --comfyui) to a ComfyUI checkout: the benchmark trains ComfyUI's FLUX")
+    if o.full:
+        o.double, o.single, o.size, o.text, o.dtype = 19, 38, 512, 512, "bfloat16"
+    if o.case:
+        return child(o)
+    cases = o.cases.split(",")
+    results = {c: [] for c in cases}
+    argv = [a for a in sys.argv[1:] if not a.startswith("--cases")]
+    for r in range(o.repeats):
+        for case in cases:  # interleaved A/B/C/D, then again
+            proc = subprocess.run([sys.executable, __file__, *argv, "--case", case], capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"{case}: failed ({tail})")
+                continue
+            results[case].append(json.loads(lines[-1]))
+    print(f"width {o.hidden}, {o.double} double + {o.single} single blocks, {o.size}x{o.size} x 5 maps, "
+          f"{o.text} text tokens, {o.dtype}, medians of {o.repeats}")
+    if not results.get("plain"):
+        sys.exit("the baseline failed; no ratios")
+    t0 = statistics.median(r["seconds"] for r in results["plain"])
+    m0 = statistics.median(r["peak_bytes"] for r in results["plain"])
+    print(f"{'case':16s} {'seconds':>9s} {'time/plain':>10s} {'peak MiB':>9s} {'mem/plain':>9s}")
+    for case in cases:
+        if not results[case]:
+            print(f"{case:16s} failed")
+            continue
+        t = statistics.median(r["seconds"] for r in results[case])
+        m = statistics.median(r["peak_bytes"] for r in results[case])
+        print(f"{case:16s} {t:9.3f} {t / t0:10.2f} {m / 2**20:9.1f} {m / max(m0, 1):9.2f}")
+
+
+if __name__ == "__main__":
+    main()

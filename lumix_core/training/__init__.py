@@ -1,0 +1,51 @@
+"""LumiX training, host-free: flow matching over groups of maps, Tensor-LoRA adapters only.
+
+API note for the distributed (torchrun) trainer -- these names are stable:
+
+* ``TrainConfig`` (config.py): every setting; ``to_dict``/``from_dict`` for config files.
+* ``LumiXAdapters`` (adapters.py): ALL trainable parameters in one nn.Module. Wrap it in DDP:
+  ``ddp = DistributedDataParallel(adapters)``; its ``forward(compute, *args)`` just runs
+  ``compute``, and the Trainer routes every training forward pass through it, so DDP's gradient
+  hooks fire. The frozen base is never part of it (nothing to all-reduce there).
+  ``block_dict()`` is what the host installs into the model (nodes/training_model.py).
+* ``DataOrder`` (order.py): global batches from (seed, step); rank r of world w takes its share of
+  each micro-step; ``batch_size`` is GLOBAL (over ranks and accumulation), so lr and batch do not
+  depend on the world size. The data position is the step; per-scene randomness (crop, flip,
+  noise, t, held maps) is seeded by (seed, step, global position), so 1 process and N processes
+  with the same global batch draw the same numbers.
+* ``Trainer`` (trainer.py): ``Trainer(denoiser, adapters, data, config, rank=, world_size=,
+  is_main=, ddp_module=, device=, output_dir=, name=, log=, validate=)``; ``compute_loss`` (forward),
+  ``accumulate_gradients`` (forward+backward of all micro-steps, ``no_sync`` on all but the last
+  when the module has it), ``optimizer_step`` (clip, warm-up, step), ``train_step``, ``run``;
+  ``state_dict``/``load_state_dict`` (resume); ``save_checkpoint``/``save_state`` write only when
+  ``is_main``, atomically (files.py).
+* ``read_training_state(path)`` (files.py) for ``--resume``.
+* Data (data.py, cache.py): ``scan_dataset(root)`` -> ``DatasetScan`` (both layouts, skip counts);
+  ``encode_dataset(scan, encode_images, encode_text, cache_dir, resolution, flip)`` ->
+  ``EncodedDataset`` (a SceneSource) with an on-disk safetensors cache keyed by content+settings;
+  ``dataset.with_latent_transform(model.model.process_latent_in)`` before training.
+* Host side (ComfyUI as a library): nodes/training_model.py -- ``new_adapters``, ``training_model``
+  (apply_lumix + per-block checkpointing), ``load_for_training``, ``prepare_base_for_autograd`` (ComfyUI
+  builds weights in inference mode; autograd refuses those), ``frozen_base``, ``make_denoiser``,
+  ``compute_dtype``. nodes/training_nodes.py shows the whole sequence; benchmarks/train_step.py imports
+  the extension as a package outside ComfyUI's node loader.
+"""
+from .adapters import LumiXAdapters
+from .cache import CachedScene, EncodedDataset, encode_dataset, latent_key, text_key
+from .config import OPTIMIZERS, TIMESTEP_SAMPLINGS, TrainConfig
+from .data import DatasetError, DatasetScan, SceneFiles, flip_scene_images, load_scene_images, scan_dataset
+from .files import atomic_write, read_training_state, write_lora_checkpoint, write_training_state
+from .objective import FlowBatch, LossResult, TrainingExample, flow_matching_loss, make_flow_batch
+from .optim import PRODIGY_MISSING, build_optimizer, prodigy_available, warmup_factor
+from .order import Assignment, DataOrder, derived_seed
+from .timesteps import sample_held_maps, sample_map_timesteps, shifted_schedule
+from .trainer import SceneSource, StepMetrics, Trainer, TrainingStopped
+
+__all__ = [
+    "Assignment", "CachedScene", "DataOrder", "DatasetError", "DatasetScan", "EncodedDataset", "SceneFiles",
+    "encode_dataset", "flip_scene_images", "latent_key", "load_scene_images", "scan_dataset", "text_key", "FlowBatch", "LossResult", "LumiXAdapters", "OPTIMIZERS", "PRODIGY_MISSING",
+    "SceneSource", "StepMetrics", "TIMESTEP_SAMPLINGS", "TrainConfig", "Trainer", "TrainingExample",
+    "TrainingStopped", "atomic_write", "build_optimizer", "derived_seed", "flow_matching_loss", "make_flow_batch",
+    "prodigy_available", "read_training_state", "sample_held_maps", "sample_map_timesteps", "shifted_schedule",
+    "warmup_factor", "write_lora_checkpoint", "write_training_state",
+]

@@ -1,0 +1,115 @@
+"""Training logs: JSON Lines (one record per logged step), a PNG plot of loss and validation metrics
+drawn with PIL, and TensorBoard event files when the `tensorboard` package is installed."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from PIL import Image, ImageDraw
+
+from .files import atomic_write
+
+TENSORBOARD_MISSING = "TensorBoard logging is off: install the 'tensorboard' package to get event files"
+
+
+def flatten_numbers(record: dict, prefix: str = "") -> dict[str, float]:
+    """{"validation": {"photometric": 0.1}} -> {"validation/photometric": 0.1}; numbers only."""
+    out = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_numbers(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+class TrainingLog:
+    """Appends records to `<folder>/log.jsonl`; `plot()` redraws `<folder>/plot.png`."""
+
+    def __init__(self, folder: str, tensorboard: bool = True):
+        os.makedirs(folder, exist_ok=True)
+        self.folder = folder
+        self.jsonl = os.path.join(folder, "log.jsonl")
+        self.records: list[dict] = []
+        if os.path.isfile(self.jsonl):  # a resumed run continues its log
+            with open(self.jsonl, encoding="utf-8") as f:
+                self.records = [json.loads(line) for line in f if line.strip()]
+        self.writer, self.tensorboard_note = None, None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(folder, "tensorboard"))
+            except ImportError:
+                self.tensorboard_note = TENSORBOARD_MISSING
+
+    def __call__(self, record: dict) -> None:
+        self.records = [r for r in self.records if r.get("step", -1) < record.get("step", 0)] + [record]
+        with open(self.jsonl, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.writer is not None:
+            step = int(record.get("step", 0))
+            for name, value in flatten_numbers({k: v for k, v in record.items() if k != "step"}).items():
+                self.writer.add_scalar(name, value, step)
+            self.writer.flush()
+
+    def plot(self, size=(768, 384)) -> Image.Image:
+        image = render_plot(self.records, size)
+        atomic_write(os.path.join(self.folder, "plot.png"), lambda tmp: image.save(tmp, format="PNG"))
+        return image
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        step = r.get("step")
+        if step is None:
+            continue
+        numbers = flatten_numbers({"loss": r.get("loss"), "validation": r.get("validation") or {}})
+        for name, value in numbers.items():
+            series.setdefault(name, []).append((int(step), value))
+    return series
+
+
+COLOURS = [(220, 60, 60), (60, 120, 220), (40, 160, 80), (200, 140, 20), (150, 70, 200), (20, 160, 170)]
+
+
+def render_plot(records: list[dict], size=(768, 384)) -> Image.Image:
+    """One panel per series (loss first, then each validation metric), each scaled to its own range."""
+    series = _series(records)
+    names = (["loss"] if "loss" in series else []) + sorted(n for n in series if n != "loss")
+    width, height = size
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    if not names:
+        draw.text((10, 10), "no training records yet", fill=(0, 0, 0))
+        return image
+    panel_h = height // len(names)
+    for p, name in enumerate(names):
+        points = series[name]
+        top, left, right = p * panel_h, 60, width - 10
+        bottom = top + panel_h - 16
+        steps = [s for s, _ in points]
+        values = [v for _, v in points]
+        lo, hi = min(values), max(values)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5, hi + 0.5
+        s0, s1 = min(steps), max(max(steps), min(steps) + 1)
+        draw.rectangle([left, top + 14, right, bottom], outline=(180, 180, 180))
+        draw.text((4, top + 2), f"{name}  last {values[-1]:.4g}", fill=COLOURS[p % len(COLOURS)])
+        draw.text((4, top + 16), f"{hi:.3g}", fill=(90, 90, 90))
+        draw.text((4, bottom - 10), f"{lo:.3g}", fill=(90, 90, 90))
+        xy = [(left + (right - left) * (s - s0) / (s1 - s0), bottom - (bottom - top - 14) * (v - lo) / (hi - lo))
+              for s, v in points]
+        if len(xy) == 1:
+            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=COLOURS[p % len(COLOURS)])
+        else:
+            draw.line(xy, fill=COLOURS[p % len(COLOURS)], width=2)
+    draw.text((width - 120, height - 14), f"steps {min(r.get('step', 0) for r in records)}-"
+              f"{max(r.get('step', 0) for r in records)}", fill=(90, 90, 90))
+    return image

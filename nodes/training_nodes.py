@@ -1,0 +1,288 @@
+"""Training nodes: a dataset folder -> cached encoded scenes, and MODEL + dataset -> trained LumiX."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy_api.v0_0_2 import io, ui
+
+from ..lumix_core import MAP_NAMES, CheckpointError, load_checkpoint
+from ..lumix_core.training import (
+    OPTIMIZERS, TIMESTEP_SAMPLINGS, DatasetError, LumiXAdapters, TrainConfig, Trainer, TrainingStopped,
+    encode_dataset, read_training_state, scan_dataset,
+)
+from ..lumix_core.training.logs import TrainingLog
+from ..lumix_core.training.validation import consistency_summary
+from . import categories
+from .flux_model import NotFluxError, block_counts, flux_diffusion_model
+from .model_nodes import LUMIX_FOLDER, checkpoint_choices, checkpoint_path
+from .patch import apply_lumix
+from .training_model import (
+    compute_dtype, frozen_base, load_for_training, make_denoiser, new_adapters, prepare_base_for_autograd,
+    training_model,
+)
+
+TrainingData = io.Custom("LUMIX_TRAINING_DATA")
+NO_INIT = "none (train from scratch)"
+VALIDATION_GUIDANCE = 3.5
+
+
+def _fingerprint(obj) -> str:
+    """Identity of an encoder's weights (a few tensors hashed), for the cache keys."""
+    h = hashlib.sha256(type(obj).__name__.encode())
+    module = getattr(obj, "first_stage_model", None) or getattr(obj, "cond_stage_model", None)
+    tensors = list(module.state_dict().values()) if isinstance(module, torch.nn.Module) else \
+        [v for v in vars(obj).values() if isinstance(v, torch.Tensor)]
+    for t in tensors[:2] + tensors[-2:]:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _resolve_folder(folder: str) -> str:
+    folder = os.path.expanduser(folder.strip())
+    if not folder:
+        raise ValueError("LumiX Training Dataset: give the dataset folder (absolute, or relative to ComfyUI/input/).")
+    return folder if os.path.isabs(folder) else os.path.join(folder_paths.get_input_directory(), folder)
+
+
+def _text_encoder(clip):
+    def encode(text):
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        return cond[0][0][0], cond[0][1]["pooled_output"][0]
+    return encode
+
+
+class LumiXTrainingDataset(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXTrainingDataset",
+            display_name="LumiX Training Dataset",
+            category=categories.TRAINING,
+            description="Reads a folder of scenes (five maps + a caption each), encodes them once with the VAE and "
+                        "text encoders and caches the result on disk. Layouts: <root>/<map>/<id>_<map>.png with "
+                        "captions in <root>/captions*/<id>_color.json (the LumiX reference), or scene folders with "
+                        "albedo/irradiance/color/depth/normal.png and lumix.json (LumiX Save Maps).",
+            inputs=[
+                io.String.Input("folder", default="lumix_dataset",
+                                tooltip="Dataset folder: absolute, or relative to ComfyUI/input/."),
+                io.Vae.Input("vae", tooltip="The FLUX VAE (ae.safetensors)."),
+                io.Clip.Input("clip", tooltip="The FLUX text encoders (DualCLIPLoader: t5xxl + clip_l, type flux)."),
+                io.Int.Input("resolution", default=512, min=64, max=2048, step=16,
+                             tooltip="Training crop size; images are resized (aspect kept) so the short side is this."),
+                io.Boolean.Input("flip", default=False,
+                                 tooltip="Also cache mirrored copies for random horizontal flips (the normal map's x "
+                                         "is negated). Off by default, as in the paper's description."),
+                io.String.Input("cache_folder", default="",
+                                tooltip="Where encoded latents/text go; empty: <folder>/.lumix_cache."),
+            ],
+            outputs=[TrainingData.Output("dataset", display_name="dataset"),
+                     io.String.Output("summary", tooltip="How many scenes were used and why others were skipped.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, vae, clip, resolution, flip, cache_folder):
+        root = _resolve_folder(folder)
+        stamp = [(p, os.path.getmtime(os.path.join(p, f))) for p, _, fs in os.walk(root)
+                 if ".lumix_cache" not in p for f in sorted(fs)] if os.path.isdir(root) else []
+        return hashlib.sha256(repr(stamp).encode()).hexdigest()
+
+    @classmethod
+    def execute(cls, folder, vae, clip, resolution, flip, cache_folder) -> io.NodeOutput:
+        root = _resolve_folder(folder)
+        try:
+            scan = scan_dataset(root)
+        except DatasetError as exc:
+            raise ValueError(f"LumiX Training Dataset: {exc}") from None
+        cache = cache_folder.strip() or os.path.join(root, ".lumix_cache")
+        pbar = comfy.utils.ProgressBar(len(scan.scenes))
+        with torch.inference_mode(False):
+            dataset = encode_dataset(scan, vae.encode, _text_encoder(clip), cache, resolution, flip,
+                                     encoder_id=f"{_fingerprint(vae)}-{_fingerprint(clip)}",
+                                     progress=lambda done, total: pbar.update_absolute(done, total))
+        skipped = "".join(f"\n  skipped {sid}: {why}" for sid, why in dataset.skipped[:20])
+        text = dataset.summary + skipped
+        return io.NodeOutput(dataset, text, ui=ui.PreviewText(text))
+
+
+def _plot_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def _output_folder() -> str:
+    paths = folder_paths.get_folder_paths(LUMIX_FOLDER) if LUMIX_FOLDER in folder_paths.folder_names_and_paths else []
+    return paths[0] if paths else os.path.join(folder_paths.models_dir, LUMIX_FOLDER)
+
+
+def _validation(model, vae, dataset, count, size, steps):
+    """Sample `count` dataset captions at low resolution through the LumiX sampler; mean consistency."""
+    from .sampler_node import LumiXSampler
+
+    def validate(step):
+        scenes = []
+        empty = load_file(dataset.empty_text)
+        negative = [[empty["context"][None].float(), {"pooled_output": empty["pooled"][None].float()}]]
+        with torch.no_grad():
+            for i in range(min(count, len(dataset))):
+                text = load_file(dataset.scenes[i].text)
+                positive = [[text["context"][None].float(), {"pooled_output": text["pooled"][None].float(),
+                                                              "guidance": VALIDATION_GUIDANCE}]]
+                out = LumiXSampler.execute(model=model, positive=positive, negative=negative, vae=vae, seed=i,
+                                           steps=steps, cfg=1.0, sampler_name="euler", scheduler="simple",
+                                           width=size, height=size, scenes=1, shared_noise=True).result
+                scenes.append({name: image[0].float().cpu() for name, image in zip(MAP_NAMES, out)})
+        return consistency_summary(scenes)
+    return validate
+
+
+class LumiXTrainer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXTrainer",
+            display_name="LumiX Trainer",
+            category=categories.TRAINING,
+            description="Trains LumiX Tensor LoRA adapters on FLUX.1-dev with query broadcast, each map with its own "
+                        "timestep (flow matching). Only the adapters learn; the FLUX weights are not changed. Writes "
+                        "models/lumix/<output_name>.safetensors (loads in the LumiX Tensor LoRA Loader), step "
+                        "checkpoints, a resumable state and logs in models/lumix/<output_name>_training/. Cancel "
+                        "saves a resumable state; run again with resume on to continue.",
+            inputs=[
+                io.Model.Input("model", tooltip="FLUX.1-dev (Load Diffusion Model); any dtype, fp8 included."),
+                TrainingData.Input("dataset", tooltip="From LumiX Training Dataset."),
+                io.String.Input("output_name", default="lumix_trained", tooltip="File name (no extension) in models/lumix/."),
+                io.Int.Input("steps", default=1000, min=1, max=1000000, tooltip="Optimisation steps (the paper: 10K)."),
+                io.Int.Input("rank", default=8, min=1, max=64, tooltip="Tensor LoRA rank R (the paper: 8). Ignored with init_from."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw",
+                               tooltip="prodigy is the paper's (learning rate 1.0; needs 'pip install prodigyopt')."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=10.0, step=1e-5, round=False,
+                               tooltip="AdamW: about 1e-4. Prodigy: 1.0."),
+                io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Scenes per step (the paper: 16)."),
+                io.Int.Input("grad_accumulation", default=1, min=1, max=256,
+                             tooltip="Micro-steps per step; batch_size must be a multiple of it."),
+                io.Int.Input("warmup_steps", default=0, min=0, max=100000, tooltip="Linear learning-rate warm-up."),
+                io.Float.Input("max_grad_norm", default=1.0, min=0.0, max=1000.0, step=0.1, tooltip="0 turns clipping off."),
+                io.Combo.Input("timestep_sampling", options=list(TIMESTEP_SAMPLINGS), default="logit_normal",
+                               tooltip="Per-map t: logit-normal, or uniform over the shifted FLUX schedule (x-flux)."),
+                io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1, tooltip="FLUX guidance embed while training."),
+                io.Float.Input("held_map_probability", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Chance a scene holds a random subset of maps clean at t = 0 (trains decomposition)."),
+                io.Float.Input("caption_dropout", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Chance a scene trains with the empty caption (for CFG)."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="Recompute each block in the backward pass: much less memory, ~30% slower."),
+                io.Int.Input("seed", default=0, min=0, max=2 ** 62, tooltip="Data order, crops, noise and timesteps."),
+                io.Int.Input("save_every", default=500, min=0, max=1000000, tooltip="Checkpoint + state every N steps; 0: at the end only."),
+                io.Combo.Input("init_from", options=[NO_INIT] + checkpoint_choices(),
+                               tooltip="Fine-tune an existing LumiX checkpoint instead of starting from scratch."),
+                io.Boolean.Input("resume", default=False,
+                                 tooltip="Continue the run saved in models/lumix/<output_name>_training/ (after Cancel or a crash)."),
+                io.Int.Input("validate_every", default=0, min=0, max=1000000,
+                             tooltip="Every N steps, sample validation scenes and log map-consistency metrics (needs vae)."),
+                io.Vae.Input("vae", optional=True, tooltip="The FLUX VAE, for validation samples."),
+                io.Int.Input("validation_scenes", default=2, min=1, max=16, tooltip="The first N captions of the dataset."),
+                io.Int.Input("validation_size", default=256, min=64, max=1024, step=16),
+                io.Int.Input("validation_steps", default=12, min=1, max=100),
+            ],
+            outputs=[io.Model.Output(tooltip="The input model with the trained adapters (the input is left unchanged)."),
+                     io.Image.Output("plot", tooltip="Loss and validation metrics over the steps."),
+                     io.String.Output("report", tooltip="Where the files went and the last numbers.")],
+        )
+
+    @classmethod
+    def execute(cls, model, dataset, output_name, steps, rank, optimizer, learning_rate, batch_size,
+                grad_accumulation, warmup_steps, max_grad_norm, timestep_sampling, guidance, held_map_probability,
+                caption_dropout, gradient_checkpointing, seed, save_every, init_from, resume, validate_every,
+                vae=None, validation_scenes=2, validation_size=256, validation_steps=12) -> io.NodeOutput:
+        name = output_name.strip()
+        if not name or os.path.basename(name) != name or name.startswith("."):
+            raise ValueError(f"LumiX Trainer: output_name {output_name!r} must be a plain file name (no folders).")
+        try:
+            config = TrainConfig(rank=rank, steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
+                                 optimizer=optimizer, learning_rate=learning_rate, warmup_steps=warmup_steps,
+                                 max_grad_norm=max_grad_norm, timestep_sampling=timestep_sampling, guidance=guidance,
+                                 held_map_probability=held_map_probability, caption_dropout=caption_dropout,
+                                 resolution=dataset.resolution, flip=dataset.flip, seed=seed,
+                                 gradient_checkpointing=gradient_checkpointing, save_every=save_every,
+                                 validate_every=validate_every)
+            dm = flux_diffusion_model(model)
+        except (ValueError, NotFluxError) as exc:
+            raise ValueError(f"LumiX Trainer: {exc}") from None
+        if validate_every and vae is None:
+            raise ValueError("LumiX Trainer: validate_every is on but no vae is connected; connect the FLUX VAE or set it to 0.")
+        out_dir = _output_folder()
+        work_dir = os.path.join(out_dir, f"{name}_training")
+        final_path = os.path.join(out_dir, f"{name}.safetensors")
+        state_path = os.path.join(work_dir, f"{name}.state.pt")
+        if not resume and (os.path.exists(final_path) or os.path.exists(state_path)):
+            raise ValueError(f"LumiX Trainer: {final_path if os.path.exists(final_path) else state_path} already "
+                             "exists. Choose another output_name, or turn resume on to continue that run.")
+        if resume and not os.path.exists(state_path):
+            raise ValueError(f"LumiX Trainer: resume is on but there is no saved state at {state_path}; turn resume "
+                             "off to start a new run.")
+
+        with torch.inference_mode(False), torch.enable_grad():
+            state = read_training_state(state_path) if resume else None
+            try:
+                if state is not None:
+                    shape = state["shape"]
+                    adapters = LumiXAdapters(shape["hidden_size"], *block_counts(dm), num_maps=shape["num_maps"],
+                                             rank=shape["rank"], alpha=shape["alpha"], device=model.load_device)
+                elif init_from != NO_INIT:
+                    checkpoint = load_checkpoint(checkpoint_path(init_from))
+                    checkpoint.validate_for_model(dm.hidden_size, *block_counts(dm))
+                    adapters = LumiXAdapters.from_checkpoint(checkpoint, *block_counts(dm)).to(model.load_device)
+                else:
+                    adapters = new_adapters(model, rank, 1.0, dataset.num_maps, seed)
+            except (CheckpointError, FileNotFoundError) as exc:
+                raise ValueError(f"LumiX Trainer: {exc}") from None
+            patched = training_model(model, adapters, gradient_checkpointing)
+            load_for_training(patched)
+            prepare_base_for_autograd(patched)
+            data = dataset.with_latent_transform(patched.model.process_latent_in)
+            log = TrainingLog(work_dir)
+            validate = (_validation(patched, vae, dataset, validation_scenes, validation_size, validation_steps)
+                        if validate_every else None)
+            try:
+                trainer = Trainer(make_denoiser(patched), adapters, data, config, device=model.load_device,
+                                  compute_dtype=compute_dtype(patched), output_dir=work_dir, name=name, log=log,
+                                  validate=validate, final_checkpoint=final_path)
+                if state is not None:
+                    trainer.load_state_dict(state)
+            except (ValueError, RuntimeError) as exc:
+                raise ValueError(f"LumiX Trainer: {exc}") from None
+            pbar = comfy.utils.ProgressBar(config.steps)
+            pbar.update_absolute(trainer.step, config.steps)
+            preview_every = max(1, config.steps // 20)
+
+            def on_step(metrics):
+                preview = ("PNG", log.plot(), 768) if metrics.step % preview_every == 0 else None
+                pbar.update_absolute(metrics.step, config.steps, preview)
+
+            try:
+                with frozen_base(patched):
+                    trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
+            except TrainingStopped:
+                log.plot()
+                log.close()
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                raise
+            plot = log.plot()
+            log.close()
+            trained = apply_lumix(model, adapters=adapters.frozen_copy(), query_broadcast=True,
+                                  maps_per_scene=adapters.num_maps, strength=1.0, checkpoint_name=f"{name}.safetensors")
+        last = log.records[-1] if log.records else {}
+        report = (f"LumiX Trainer: {trainer.step} steps on {dataset.summary}\n"
+                  f"checkpoint: {final_path}\nlogs, step checkpoints, state: {work_dir}\n"
+                  f"last loss: {last.get('loss', float('nan')):.5f}")
+        if log.tensorboard_note:
+            report += f"\n{log.tensorboard_note}"
+        return io.NodeOutput(trained, _plot_tensor(plot), report, ui=ui.PreviewText(report))

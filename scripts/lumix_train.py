@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""LumiX command-line trainer: the trainer of the ComfyUI node (lumix_core.training), run from a TOML
+config on one process or many (torchrun, torch.distributed: DDP over the adapters only).
+
+    python scripts/lumix_train.py configs/lumix_paper.toml                 # one process
+    torchrun --nproc_per_node 4 scripts/lumix_train.py configs/lumix_paper.toml
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+        scripts/lumix_train.py configs/lumix_paper.toml                    # two machines
+    ... scripts/lumix_train.py CONFIG --resume            # continue from <output.dir>/<name>.state.pt
+    torchrun --max-restarts 3 ...                         # a failed rank restarts the job, which
+                                                          # resumes from the last state by itself
+
+ComfyUI is used as a library (COMFYUI_PATH, or the ComfyUI this checkout sits in) to load FLUX, the
+text encoders and the VAE. Rank 0 alone writes checkpoints, the training state, the log and the
+validation output, and prints progress. Exit status: 0 done, 2 bad config or data, 3 a peer failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import lumix_comfy_models as comfy_models  # noqa: E402
+
+comfy_models.import_extension()
+from lumix_extension.lumix_core.training import distributed as D  # noqa: E402
+from lumix_extension.lumix_core.training.run_config import RunConfig, RunConfigError, load_run_config  # noqa: E402
+
+# Testing aid: "RANK:STEP" makes that rank SIGKILL itself after optimiser step STEP on the first
+# attempt (not after an elastic restart), to exercise the fault handling for real.
+FAULT_ENV = "LUMIX_TRAIN_FAULT"
+EXIT_CONFIG, EXIT_PEER = 2, 3
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="TOML config (see configs/lumix_paper.toml for every setting)")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="STATE",
+                        help="continue a run: from STATE (a .state.pt), or without a value from "
+                             "<output.dir>/<name>.state.pt")
+    return parser.parse_args(argv)
+
+
+def log(ctx: D.DistContext, message: str) -> None:
+    if ctx.is_main:
+        print(message, flush=True)
+
+
+def resume_path(cfg: RunConfig, ctx: D.DistContext, requested: str | None) -> str | None:
+    """The state to continue from: --resume's, or the run's own after an elastic restart."""
+    if requested not in (None, "auto"):
+        return requested
+    own = cfg.state_path()
+    if requested == "auto":
+        if not own.is_file():
+            raise FileNotFoundError(f"--resume: no training state at {own} (none was saved yet: the first "
+                                    f"is written after save_every = {cfg.train.save_every} steps); run without --resume")
+        return str(own)
+    if ctx.elastic_restart and own.is_file():
+        log(ctx, f"elastic restart {ctx.restart_count}: resuming from {own}")
+        return str(own)
+    return None
+
+
+class Progress:
+    """Rank 0's console line every `every` steps: step, loss (mean over ranks), steps/s, ETA and
+    peak memory per rank. Every rank calls on_step (the loss and memory are gathered)."""
+
+    def __init__(self, ctx: D.DistContext, first_step: int, total: int, every: int):
+        self.ctx, self.total, self.every = ctx, total, every
+        self.first_step, self.start = first_step, time.perf_counter()
+
+    def on_step(self, metrics) -> None:
+        step = metrics.step
+        if step % self.every and step != self.total:
+            return
+        loss = D.mean_over_ranks(self.ctx, metrics.loss)
+        memory = D.all_ranks_memory(self.ctx)
+        if not self.ctx.is_main:
+            return
+        done = step - self.first_step
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        mem = " ".join(f"{m / 2**30:.2f}" for m in memory)
+        print(f"step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} steps/s  ETA {_duration(eta)}  "
+              f"lr {metrics.lr:.3g}  memory GiB per rank [{mem}]", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def fault_injection(ctx: D.DistContext):
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or ctx.elastic_restart:
+        return None
+    rank, step = (int(x) for x in spec.split(":"))
+
+    def maybe_die(metrics):
+        if ctx.rank == rank and metrics.step == step:
+            print(f"rank {ctx.rank}: {FAULT_ENV} kills this rank after step {step}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return maybe_die
+
+
+def handle_termination(ctx: D.DistContext) -> None:
+    """torchrun sends SIGTERM to the surviving ranks when one fails: say so at once (the message
+    must not depend on where the interpreter is), then unwind so that a file being written is
+    removed rather than left half-written; later signals are ignored."""
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        message = (f"lumix_train: rank {ctx.rank}: stopped by the launcher (signal {signum}), usually because "
+                   "another rank failed (see its error above). Checkpoints already written are intact; rerun "
+                   "the same command with --resume to continue.")
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def train(cfg: RunConfig, ctx: D.DistContext, resume: str | None) -> None:
+    from lumix_extension.lumix_core.training import read_training_state
+    from lumix_training_run import build_run  # imports ComfyUI
+
+    # rank 0 reads the state and sends it: the other ranks (other machines) need not see its file
+    state = D.broadcast_object(ctx, read_training_state(resume) if ctx.is_main and resume else None,
+                               "sending the training state")
+    run = build_run(cfg, ctx, state)
+    trainer = run.trainer
+    if state is not None:
+        log(ctx, f"resumed at step {trainer.step} from {resume}")
+    if trainer.step >= cfg.train.steps:
+        log(ctx, f"nothing to do: the state is at step {trainer.step} of {cfg.train.steps}")
+        return
+    micro = D.per_rank_batch(cfg.train.batch_size, ctx.world_size, cfg.train.grad_accumulation)
+    log(ctx, f"training steps {trainer.step + 1}..{cfg.train.steps} on {ctx.world_size} process(es) "
+             f"({ctx.backend or 'no process group'}, {ctx.device.type}); global batch {cfg.train.batch_size} = "
+             f"{ctx.world_size} rank(s) x {micro} x {cfg.train.grad_accumulation} accumulation; "
+             f"outputs in {cfg.output_dir}")
+    progress = Progress(ctx, trainer.step, cfg.train.steps, cfg.run["progress_every"])
+    die = fault_injection(ctx)
+
+    def on_step(metrics):
+        run.on_step(metrics)
+        progress.on_step(metrics)
+        if die is not None:
+            die(metrics)
+
+    try:
+        with run.frozen_base, D.collective_guard(ctx, "training"):
+            trainer.run(on_step=on_step)
+        D.barrier(ctx, "the end of training")
+    finally:
+        run.close()
+    log(ctx, f"done: {trainer.checkpoint_path(final=True)}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_run_config(args.config)
+    except RunConfigError as error:
+        print(f"lumix_train: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        ctx = D.init_distributed(cfg.run["device"], cfg.run["timeout_s"])
+    except D.DistributedSetupError as error:
+        print(f"lumix_train: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    handle_termination(ctx)
+    try:
+        D.per_rank_batch(cfg.train.batch_size, ctx.world_size, cfg.train.grad_accumulation)  # before loading FLUX
+        comfy_models.import_comfyui(ctx.device.type)
+        train(cfg, ctx, resume_path(cfg, ctx, args.resume))
+        return 0
+    except D.PeerFailure as error:
+        print(f"lumix_train: {error}", file=sys.stderr, flush=True)
+        return EXIT_PEER
+    except (D.DistributedSetupError, comfy_models.ComfyUINotFound, FileNotFoundError, ValueError) as error:
+        # ValueError covers the trainer's clear errors (data, checkpoint, resume mismatches)
+        print(f"lumix_train: rank {ctx.rank}: {error}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    finally:
+        D.shutdown(ctx)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

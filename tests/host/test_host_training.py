@@ -1,0 +1,216 @@
+"""Training inside a real ComfyUI on a tiny random FLUX: the nodes, the patched model's gradients,
+Cancel + resume, and the written checkpoint in the LumiX loader."""
+import importlib
+import json
+import os
+
+import pytest
+import torch
+
+from comfy_host import (TinyCLIP, TinyVAE, extension_module, folder_paths, load_extension, model_inputs, run_model,
+                        tiny_flux)  # first: skips this module where there is no ComfyUI
+import comfy.model_management  # noqa: E402
+import comfy.patcher_extension  # noqa: E402
+import comfy.utils  # noqa: E402
+from lumix_core import load_checkpoint
+from lumix_core.training import LumiXAdapters, TrainConfig, flow_matching_loss, make_flow_batch
+from lumix_core.training.objective import TrainingExample
+from training_fixtures import make_scene_folder
+
+NODES = load_extension()
+Dataset, Trainer, Loader = NODES["LumiXTrainingDataset"], NODES["LumiXTrainer"], NODES["LumiXTensorLoRALoader"]
+tm = importlib.import_module(extension_module().__name__ + ".nodes.training_model")
+
+
+def comfy_loaded_flux(seed=0):
+    """As ComfyUI builds models: inside inference mode (autograd refuses such tensors unless handled)."""
+    with torch.inference_mode():
+        model = tiny_flux(seed=seed)
+    assert next(model.model.diffusion_model.parameters()).is_inference()
+    return model
+
+
+@pytest.fixture
+def lumix_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "models_lumix"
+    folder.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "lumix", ([str(folder)], {".safetensors"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    for i in range(3):
+        make_scene_folder(root, f"scene_{i}", seed=i, prompt=f"room {i}", width=48, height=32)
+    make_scene_folder(root, "scene_bad", seed=9, prompt=None)
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        out = Dataset.execute(str(root), TinyVAE(0), TinyCLIP(), 32, False, "")
+    return out.result[0], out.result[1]
+
+
+SETTINGS = dict(steps=6, rank=2, optimizer="adamw", learning_rate=1e-2, batch_size=1, grad_accumulation=1,
+                warmup_steps=0, max_grad_norm=1.0, timestep_sampling="logit_normal", guidance=1.0,
+                held_map_probability=0.0, caption_dropout=0.0, gradient_checkpointing=True, seed=3, save_every=3,
+                init_from="none (train from scratch)", resume=False, validate_every=0)
+
+
+def train(model, data, name, **changes):
+    with torch.inference_mode():
+        return Trainer.execute(model, data, name, **{**SETTINGS, **changes}).result
+
+
+def test_dataset_node_counts_used_and_skipped(dataset):
+    data, summary = dataset
+    assert len(data) == 3 and data.num_maps == 5
+    assert summary.startswith("3 scene(s) used, 1 skipped (1 no caption)") and "scene_bad: no caption" in summary
+
+
+def test_trainer_node_trains_leaves_the_base_alone_and_its_checkpoint_loads_in_the_loader(dataset, lumix_dir):
+    data, _ = dataset
+    model = comfy_loaded_flux()
+    base = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    trained, plot, report = train(model, data, "tiny_run")
+    assert sorted(os.listdir(lumix_dir)) == ["tiny_run.safetensors", "tiny_run_training"]
+    work = sorted(os.listdir(lumix_dir / "tiny_run_training"))
+    assert {"tiny_run.state.pt", "tiny_run_step000003.safetensors", "log.jsonl", "plot.png"} <= set(work)
+    records = [json.loads(line) for line in open(lumix_dir / "tiny_run_training" / "log.jsonl")]
+    assert [r["step"] for r in records] == list(range(1, 7)) and all(r["loss"] > 0 for r in records)
+    assert plot.ndim == 4 and plot.shape[-1] == 3 and 0 < plot.mean() < 1
+    assert "6 steps" in report and str(lumix_dir / "tiny_run.safetensors") in report
+    after = model.model.diffusion_model.state_dict()
+    assert all(torch.equal(base[k], after[k]) for k in base)  # bit-identical base
+    assert "lumix" not in model.model_options.get("transformer_options", {})  # the input MODEL unpatched
+
+    ckpt = load_checkpoint(str(lumix_dir / "tiny_run.safetensors"))
+    assert ckpt.metadata["step"] == "6" and ckpt.rank == 2 and json.loads(ckpt.metadata["training_config"])["seed"] == 3
+    loaded = Loader.execute(comfy_loaded_flux(), "tiny_run.safetensors", 1.0, True).result[0]
+    inputs = model_inputs(5, seed=4, size=4)
+    with torch.inference_mode():
+        got_loader, got_trained, got_base = run_model(loaded, inputs), run_model(trained, inputs), run_model(model, inputs)
+    torch.testing.assert_close(got_loader, got_trained, rtol=1e-6, atol=1e-6)
+    assert (got_trained - got_base).abs().max() > 1e-4  # the adapters learnt something
+
+
+def test_cancel_saves_a_state_and_resume_finishes_like_a_straight_run(dataset, lumix_dir):
+    data, _ = dataset
+    train(comfy_loaded_flux(), data, "straight")
+
+    def interrupt_at_step_2(value, total, preview, node_id=None):
+        if value == 2:
+            comfy.model_management.interrupt_current_processing()
+    comfy.utils.set_progress_bar_global_hook(interrupt_at_step_2)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            train(comfy_loaded_flux(), data, "cancelled")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert not comfy.model_management.processing_interrupted()
+    assert not (lumix_dir / "cancelled.safetensors").exists()
+    assert os.path.exists(lumix_dir / "cancelled_training" / "cancelled.state.pt")
+    train(comfy_loaded_flux(), data, "cancelled", resume=True)
+    a = load_checkpoint(str(lumix_dir / "straight.safetensors")).adapters
+    b = load_checkpoint(str(lumix_dir / "cancelled.safetensors")).adapters
+    assert a.keys() == b.keys()
+    for key in a:
+        for name in a[key]:
+            for g in ("G1", "G2", "G3"):
+                assert torch.equal(getattr(a[key][name], g), getattr(b[key][name], g)), (key, name, g)
+
+
+def test_trainer_node_refuses_bad_requests(dataset, lumix_dir):
+    data, _ = dataset
+    (lumix_dir / "taken.safetensors").write_bytes(b"x")
+    with pytest.raises(ValueError, match="already exists"):
+        train(comfy_loaded_flux(), data, "taken")
+    with pytest.raises(ValueError, match="no saved state"):
+        train(comfy_loaded_flux(), data, "fresh", resume=True)
+    with pytest.raises(ValueError, match="no vae is connected"):
+        train(comfy_loaded_flux(), data, "fresh", validate_every=2)
+    with pytest.raises(ValueError, match="multiple of grad_accumulation"):
+        train(comfy_loaded_flux(), data, "fresh", batch_size=3, grad_accumulation=2)
+    with pytest.raises(ValueError, match="plain file name"):
+        train(comfy_loaded_flux(), data, "../escape")
+    with pytest.raises(ValueError, match="LumiX needs a MODEL"):
+        train("not a model", data, "fresh")
+
+
+def test_validation_logs_consistency_metrics(dataset, lumix_dir):
+    data, _ = dataset
+    with torch.inference_mode():
+        Trainer.execute(comfy_loaded_flux(), data, "validated", **{**SETTINGS, "steps": 2, "validate_every": 2},
+                        vae=TinyVAE(0), validation_scenes=1, validation_size=64, validation_steps=2)
+    records = [json.loads(line) for line in open(lumix_dir / "validated_training" / "log.jsonl")]
+    metrics = records[-1]["validation"]
+    assert set(metrics) == {"photometric_residual", "geometric_degrees", "structural_alignment"}
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def fixed_batch(adapters, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    examples = [TrainingExample(torch.randn(5, 16, 4, 4, generator=g), torch.randn(4, 32, generator=g),
+                                torch.randn(24, generator=g)) for _ in range(2)]
+    return make_flow_batch(examples, [torch.Generator().manual_seed(seed + i) for i in range(2)],
+                           TrainConfig(resolution=32))
+
+
+def comfy_grads(checkpointing):
+    model = comfy_loaded_flux()
+    adapters = tm.new_adapters(model, rank=2, alpha=1.0, num_maps=5)
+    with torch.no_grad():
+        for i, p in enumerate(adapters.parameters()):
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 0.3)
+    patched = tm.training_model(model, adapters, checkpointing)
+    seen = []
+
+    def spy(executor, x, timestep, *args, **kwargs):
+        seen.append(timestep.clone())
+        return executor(x, timestep, *args, **kwargs)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_spy", spy)
+    tm.prepare_base_for_autograd(patched)
+    batch = fixed_batch(adapters)
+    with tm.frozen_base(patched):
+        flow_matching_loss(tm.make_denoiser(patched), batch, 5).loss.backward()
+    assert all(p.grad is None for p in patched.model.diffusion_model.parameters())
+    return {n: p.grad.clone() for n, p in adapters.named_parameters()}, seen, batch
+
+
+def test_checkpointed_and_plain_gradients_agree_and_timesteps_are_per_sample():
+    plain, seen, batch = comfy_grads(False)
+    checkpointed, seen_ckpt, _ = comfy_grads(True)
+    assert plain.keys() == checkpointed.keys() and len(plain) == 3 * 2 * (2 + 3)
+    for name in plain:
+        assert plain[name].abs().sum() > 0, name
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
+    assert len(seen) == 1 and torch.equal(seen[0].cpu(), batch.t)  # one timestep per latent, as drawn
+    assert len(set(batch.t.tolist())) == 10
+
+
+def test_fine_tuning_starts_from_an_existing_checkpoint(dataset, lumix_dir):
+    data, _ = dataset
+    train(comfy_loaded_flux(), data, "first", steps=2, save_every=0)
+    start = load_checkpoint(str(lumix_dir / "first.safetensors"))
+    # zero steps of fine-tuning would be the file itself; one step moves away from it but keeps its rank
+    train(comfy_loaded_flux(), data, "tuned", steps=1, save_every=0, rank=7, init_from="first.safetensors")
+    tuned = load_checkpoint(str(lumix_dir / "tuned.safetensors"))
+    assert tuned.rank == start.rank == 2
+    key = ("double_blocks", 0)
+    before, after = start.adapters[key]["kv_tt_lora"].G3, tuned.adapters[key]["kv_tt_lora"].G3
+    assert not torch.equal(before, after) and (after - before).abs().max() < 0.05  # one small AdamW step
+    with pytest.raises(ValueError, match="not in ComfyUI/models/lumix"):
+        train(comfy_loaded_flux(), data, "tuned2", init_from="missing.safetensors")
+
+
+@pytest.mark.parametrize("dtype, manual_cast", [(torch.bfloat16, None), (torch.float8_e4m3fn, torch.float32)])
+def test_low_precision_bases_train_with_float32_adapters(dataset, lumix_dir, dtype, manual_cast):
+    data, _ = dataset
+    with torch.inference_mode():
+        model = tiny_flux(seed=0, dtype=dtype, manual_cast=manual_cast)
+    base = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    train(model, data, f"low_{str(dtype)[6:]}", steps=3, save_every=0)
+    ckpt = load_checkpoint(str(lumix_dir / f"low_{str(dtype)[6:]}.safetensors"))
+    g3 = ckpt.adapters[("single_blocks", 0)]["proj_tt_lora"].G3
+    assert g3.dtype == torch.float32 and torch.isfinite(g3).all() and g3.abs().max() > 0
+    after = model.model.diffusion_model.state_dict()
+    assert all(after[k].dtype == base[k].dtype and torch.equal(after[k].view(torch.uint8), base[k].view(torch.uint8))
+               for k in base)
