@@ -43,6 +43,8 @@ SOCKETS = {
     "LumiXEmptyLatent": [("photo", "IMAGE")],
     "LumiXReferenceSigmas": [("latent", "LATENT")],
     "CFGGuider": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+    "LumiXTrainingDataset": [("vae", "VAE"), ("clip", "CLIP")],
+    "LumiXTrainer": [("model", "MODEL"), ("dataset", "LUMIX_TRAINING_DATA"), ("vae", "VAE")],
     "SamplerCustomAdvanced": [("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
                               ("latent_image", "LATENT")],
     "VAEDecode": [("samples", "LATENT"), ("vae", "VAE")],
@@ -265,9 +267,52 @@ def composable_sampler_custom_advanced():
     ]
 
 
+TRAINING_DATASET_FOLDER = "lumix_dataset"
+TRAINED_NAME = "lumix_trained"
+# The trainer's widgets in the order of its inputs (the paper's choices are in the note).
+TRAINER_WIDGETS = {
+    "output_name": TRAINED_NAME, "steps": 1000, "rank": 8, "optimizer": "adamw", "learning_rate": 1e-4,
+    "batch_size": 1, "grad_accumulation": 1, "warmup_steps": 50, "max_grad_norm": 1.0,
+    "timestep_sampling": "logit_normal", "guidance": 1.0, "held_map_probability": 0.0, "caption_dropout": 0.0,
+    "gradient_checkpointing": True, "seed": 0, "save_every": 250, "init_from": "none (train from scratch)",
+    "resume": False, "validate_every": 250, "validation_scenes": 2, "validation_size": 256, "validation_steps": 12,
+}
+
+
+def training_then_sampling():
+    """Train a Tensor LoRA from a dataset folder, then sample with the trained MODEL (no released checkpoint)."""
+    shared = [n for n in shared_nodes() if n.type != "LumiXTensorLoRALoader"]
+    return shared + [
+        Node(12, "LumiXTrainingDataset", (COL_LOADERS, 520), (320, 220), "LumiX Training Dataset",
+             widgets={"folder": TRAINING_DATASET_FOLDER, "resolution": 512, "flip": False, "cache_folder": ""},
+             inputs={"vae": (3, 0, "VAE"), "clip": (5, 0, "CLIP")},
+             outputs=(("dataset", "LUMIX_TRAINING_DATA"), ("summary", "STRING"))),
+        Node(13, "LumiXTrainer", (COL_SAMPLER, 900), (380, 680), "LumiX Trainer", widgets=dict(TRAINER_WIDGETS),
+             inputs={"model": (1, 0, "MODEL"), "dataset": (12, 0, "LUMIX_TRAINING_DATA"), "vae": (3, 0, "VAE")},
+             outputs=(("MODEL", "MODEL"), ("plot", "IMAGE"), ("report", "STRING"))),
+        preview(14, (COL_OUT, 900), 13, 1, "Loss and consistency metrics"),
+        sampler(3.0, {"model": (13, 0, "MODEL")}),
+    ] + savers() + [
+        note(30, NOTE_POS,
+             f"Training data: ComfyUI/input/{TRAINING_DATASET_FOLDER}/ (or an absolute path), either\n"
+             "- <map>/<id>_<map>.png with the map folders diffuse_reflectance, diffuse_illumination, color, depth, "
+             "normal and captions in captions_blip2/<id>_color.json (the LumiX reference), or\n"
+             "- one folder per scene with albedo/irradiance/color/depth/normal.png and lumix.json (LumiX Save "
+             "Maps and the headless client write these).\nThe dataset node caches VAE latents and text embeddings "
+             "in .lumix_cache/.\n\n" + T5_NOTE, NOTE_SIZE),
+        note(31, (COL_LOADERS, 1200),
+             f"The trainer writes models/lumix/{TRAINED_NAME}.safetensors (loads in the LumiX Tensor LoRA Loader) "
+             f"and, in models/lumix/{TRAINED_NAME}_training/, step checkpoints, a resumable state, log.jsonl and "
+             "plot.png. Cancel saves the state: queue again with resume on to continue. Its MODEL output feeds "
+             "the sampler directly.\n\nThe paper: prodigy (pip install prodigyopt) at learning rate 1.0, batch 16, "
+             "10K steps, rank 8.", (760, 200)),
+    ]
+
+
 WORKFLOWS = {"lumix_text_to_intrinsic": text_to_intrinsic, "lumix_photo_decomposition": photo_decomposition,
              "lumix_text_to_intrinsic_tools": text_to_intrinsic_with_tools,
-             "lumix_composable_sampler_custom_advanced": composable_sampler_custom_advanced}
+             "lumix_composable_sampler_custom_advanced": composable_sampler_custom_advanced,
+             "lumix_train_then_sample": training_then_sampling}
 
 
 def to_api(nodes):
@@ -347,6 +392,7 @@ THUMB_CAPTIONS = {
     "lumix_photo_decomposition": "photo -> four maps",
     "lumix_text_to_intrinsic_tools": "five maps -> metrics, relight, export",
     "lumix_composable_sampler_custom_advanced": "SamplerCustomAdvanced route",
+    "lumix_train_then_sample": "train a Tensor LoRA, then sample",
 }
 
 
