@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .conventions import decode_depth, decode_normals, srgb_to_linear
+from .given_maps import check_range
 from .maps import MAPS
 
 EXR_INSTALL_HINT = ("EXR export needs the optional 'openexr' package: run `python -m pip install openexr` "
@@ -99,6 +100,8 @@ def saveable_map(name: str, batch) -> tuple[torch.Tensor, list[int]]:
     bad = (~torch.isfinite(rgb)).flatten(1).sum(1).tolist()
     if any(bad):
         rgb = torch.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)
+    # a 0-255 or -1..1 image would be clipped to white/black without a word
+    check_range(f"LumiX Save Maps: the {name} map", rgb, "Save Maps")
     return rgb.contiguous(), [int(b) for b in bad]
 
 

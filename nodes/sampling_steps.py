@@ -15,6 +15,7 @@ import comfy.utils
 import latent_preview
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES
+from ..lumix_core.finite_check import MODEL_ADVICE, VAE_ADVICE, check_finite_maps
 from ..lumix_core.given_maps import check_given_map
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps, tile_scene
 from ..lumix_core.schedule import reference_sigmas
@@ -129,6 +130,9 @@ def encode_given_maps(vae, latent: torch.Tensor, images: dict[str, torch.Tensor]
             raise ValueError(f"LumiX: the {name} input holds {image.shape[0]} image(s) but the latent holds "
                              f"{scenes} scene(s); give one image per scene.")
         encoded = vae.encode(image)
+        if not bool(torch.isfinite(encoded).all()):
+            raise ValueError(f"LumiX: the VAE turned the given {name} map (finite, 0..1) into non-finite latents "
+                             f"(NaN/Inf). {VAE_ADVICE}")
         if tuple(encoded.shape[1:]) != tuple(latent.shape[1:]):
             raise ValueError(f"LumiX: the VAE turned the {name} image into latents of shape "
                              f"{tuple(encoded.shape[1:])}, not {tuple(latent.shape[1:])}; connect the FLUX VAE "
@@ -250,5 +254,9 @@ def five_map_callback(model, steps: int):
 
 
 def decode_maps(vae, samples: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{map name: [scenes, H, W, 3]} from a grouped latent batch."""
-    return split_maps(vae.decode(samples)[..., :3].clamp(0.0, 1.0), MAP_COUNT)
+    """{map name: [scenes, H, W, 3]} from a grouped latent batch; NaN/Inf in the latent or in the
+    VAE's output is refused (naming scene and map), not returned as black maps."""
+    check_finite_maps(samples, "the sampled latent", MODEL_ADVICE)
+    decoded = vae.decode(samples)[..., :3]
+    check_finite_maps(decoded, "the VAE's output", VAE_ADVICE)
+    return split_maps(decoded.clamp(0.0, 1.0), MAP_COUNT)
