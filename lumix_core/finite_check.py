@@ -6,6 +6,8 @@ latents or images it computed checks them here and names the first scene and map
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .maps import MAP_COUNT, MAP_NAMES, check_grouped_batch
@@ -38,3 +40,11 @@ def check_finite_maps(batch: torch.Tensor, what: str, advice: str, maps_per_scen
         f"LumiX: {what} holds non-finite values (NaN/Inf) in {int((bad > 0).sum())} of {batch.shape[0]} maps "
         f"({', '.join(affected)}); first: the {names[index]} map of scene {scene + 1} of {scenes}, "
         f"{int(bad[first])} value(s), {nans} NaN. {advice} Nothing was passed on.")
+
+
+def check_finite_settings(node: str, **values: float) -> None:
+    """Refuses NaN/Inf in a node's number settings: an API prompt can carry them (JSON NaN, 1e999) and
+    ComfyUI's min/max check lets NaN through, which would turn every output into NaN."""
+    for name, value in values.items():
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{node}: {name} is {value}; set it to a finite number (the widget's range).")

@@ -134,6 +134,12 @@ def check_given_map(name: str, image, target: tuple[int, int] | None = None) -> 
     return check_map_image(name, image, target=target)
 
 
+def check_cover_crop(name: str, image: torch.Tensor, target: tuple[int, int]) -> None:
+    """Refuses a given map whose centre crop to target = (width, height)'s aspect ratio keeps fewer than
+    MIN_SIDE pixels per side (a strip covering a strip of the other orientation)."""
+    _check_size(f"LumiX: the given {name} map", image.shape[1], image.shape[2], target, MIN_SIDE)
+
+
 def check_tool_map(node: str, name: str, image) -> torch.Tensor:
     """A map given to a tool node (consistency, relight, display, split): the same rules as a given map,
     any size of at least one pixel, non-finite values refused as coming from an earlier node."""

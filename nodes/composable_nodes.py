@@ -144,7 +144,7 @@ class LumiXHoldMaps(io.ComfyNode):
         check_given_maps(given, samples.shape[0] // MAP_COUNT)
         width, height = latent_size(samples)
         check_memory(model, None, None, width, height, samples.shape[0] // MAP_COUNT, 1.0)  # before encoding
-        images = {name: prepare_given_map(image, width, height, held_maps_resize) for name, image in given.items()}
+        images = {name: prepare_given_map(image, width, height, held_maps_resize, name) for name, image in given.items()}
         patched, held = hold_given_maps(model, vae, samples, images, held_maps_guidance)
         return io.NodeOutput(patched, {**latent, "samples": held})
 

@@ -18,6 +18,7 @@ from comfy_api.v0_0_2 import io, ui
 from ..lumix_core import MAP_NAMES, MAPS
 from ..lumix_core.conventions import flip_normal_y
 from ..lumix_core.display import COLORMAPS, apply_colormap, colorize_depth
+from ..lumix_core.finite_check import check_finite_settings
 from ..lumix_core.given_maps import check_tool_map
 from ..lumix_core.export import (EXR_INSTALL_HINT, exr_available, linear_channels, saveable_map, scene_folder,
                                  to_uint16, write_bytes, write_exr, write_png16, write_sidecar)
@@ -105,6 +106,7 @@ class LumiXConsistency(io.ComfyNode):
 
     @classmethod
     def execute(cls, fov_degrees, depth_convention, **maps) -> io.NodeOutput:
+        check_finite_settings("LumiX Map Consistency", fov_degrees=fov_degrees)
         maps = _checked("LumiX Map Consistency", maps)
         scenes, height, width = _given_scenes(maps)
         heat = {key: [] for key in ("photometric", "geometric", "structural")}
@@ -151,6 +153,8 @@ class LumiXRelight(io.ComfyNode):
 
     @classmethod
     def execute(cls, albedo, normal, azimuth, elevation, light_color, intensity, ambient, irradiance=None) -> io.NodeOutput:
+        check_finite_settings("LumiX Relight", azimuth=azimuth, elevation=elevation, intensity=intensity,
+                              ambient=ambient)
         given = _checked("LumiX Relight", {"albedo": albedo, "normal": normal, "irradiance": irradiance})
         albedo, normal, irradiance = given["albedo"], given["normal"], given.get("irradiance")
         _given_scenes(given)
@@ -264,6 +268,7 @@ class LumiXSaveMaps(io.ComfyNode):
 
     @classmethod
     def execute(cls, filename_prefix, fov_degrees, **maps) -> io.NodeOutput:
+        check_finite_settings("LumiX Save Maps", fov_degrees=fov_degrees)
         maps = {k: v for k, v in maps.items() if v is not None}
         scenes, _, _ = _given_scenes(maps)
         # every map checked and converted before any folder exists: odd inputs leave nothing behind

@@ -12,6 +12,7 @@ import comfy.utils
 from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
+from ..lumix_core.finite_check import check_finite_settings
 from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
 from . import categories
 from .memory_guard import check_memory
@@ -132,6 +133,7 @@ class LumiXSampler(io.ComfyNode):
                 output_size=OUTPUT_SAMPLED) -> io.NodeOutput:
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
                  if image is not None}
+        check_finite_settings("LumiX Intrinsic Sampler", cfg=cfg)
         warning = _check_inputs(model, width, height, scenes, given)
         width, height = sampled_size(given, width, height, held_maps_size, area_width, area_height)
         no_cfg = bool(given) and held_maps_guidance == HELD_GUIDANCE_REFERENCE  # the negative pass never runs
@@ -140,7 +142,7 @@ class LumiXSampler(io.ComfyNode):
             warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
 
         latent = empty_latent(model.get_model_object("latent_format").latent_channels, width, height, scenes)
-        given_images = {name: prepare_given_map(image, width, height, held_maps_resize) for name, image in given.items()}
+        given_images = {name: prepare_given_map(image, width, height, held_maps_resize, name) for name, image in given.items()}
         model, latent = hold_given_maps(model, vae, latent, given_images, held_maps_guidance)
         sigmas = sampling_sigmas(model, schedule, steps, width, height, sampler_name, scheduler)
         samples = sample_maps(model, SceneNoise(seed, shared_noise), cfg, comfy.samplers.sampler_object(sampler_name),

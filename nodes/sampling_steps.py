@@ -16,7 +16,7 @@ import latent_preview
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES
 from ..lumix_core.finite_check import MODEL_ADVICE, VAE_ADVICE, check_finite_maps
-from ..lumix_core.given_maps import check_given_map
+from ..lumix_core.given_maps import check_cover_crop, check_given_map
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps, tile_scene
 from ..lumix_core.schedule import reference_sigmas
 from .flux_model import NotFluxError, flux_diffusion_model
@@ -101,7 +101,8 @@ def latent_size(latent: torch.Tensor) -> tuple[int, int]:
 
 # ---- given maps ----------------------------------------------------------------------------------
 
-def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str = RESIZE_STRETCH) -> torch.Tensor:
+def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str = RESIZE_STRETCH,
+                      name: str = "given") -> torch.Tensor:
     """A given map as the sampler encodes it: [n, H, W, C] in 0..1 -> [n, height, width, 3]
     (RGB, clamped, fitted to width x height as `resize` says). The one place given maps are prepared."""
     if resize not in RESIZES:
@@ -109,6 +110,8 @@ def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str 
     rgb = image[..., :3]
     if rgb.shape[1] != height or rgb.shape[2] != width:
         crop = "disabled" if resize == RESIZE_STRETCH else "center"
+        if resize == RESIZE_COVER:
+            check_cover_crop(name, rgb, (width, height))
         rgb = comfy.utils.common_upscale(rgb.movedim(-1, 1), width, height, "bicubic", crop).movedim(1, -1)
     return rgb.clamp(0.0, 1.0)
 

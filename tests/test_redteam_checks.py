@@ -89,3 +89,19 @@ def test_latent_guard_refuses_the_issue_case_with_what_fits():
     assert check_latent_memory(4096, 4096, 3, free) == host(4096, 4096, 3)
     with pytest.raises(SamplerMemoryError, match=r"Even one scene does not fit: set width x height to 1024x1024"):
         check_latent_memory(4096, 4096, 1, host(1024, 1024, 1) + 1)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, float("1e999")])
+def test_non_finite_settings_are_refused_by_name(value):
+    from lumix_core.finite_check import check_finite_settings
+    with pytest.raises(ValueError, match=r"^LumiX Relight: intensity is (nan|inf|-inf); set it to a finite number"):
+        check_finite_settings("LumiX Relight", azimuth=45.0, intensity=value)
+    check_finite_settings("LumiX Relight", azimuth=-360.0, intensity=0.0)  # finite values pass
+
+
+def test_cover_crop_of_a_strip_is_refused_and_a_fitting_crop_passes():
+    from lumix_core.given_maps import check_cover_crop
+    with pytest.raises(GivenMapError, match=r"LumiX: the given color map is 16x1000; cropping it to the sampler's "
+                                            r"512x16 aspect ratio keeps only 16x0 pixels"):
+        check_cover_crop("color", torch.zeros(1, 1000, 16, 3), (512, 16))
+    check_cover_crop("color", torch.zeros(1, 16, 1000, 3), (512, 16))  # 1000x16 covers 512x16: keeps 512x16

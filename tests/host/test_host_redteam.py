@@ -219,3 +219,37 @@ def test_base_model_is_bit_identical_after_every_node(lumix_model, output_dir):
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k].detach()) for k in before)
     assert os.path.isfile(next(output_dir.rglob("lumix.json")))
+
+
+NAN_SETTINGS = [
+    ("LumiX Intrinsic Sampler: cfg", lambda model, v: NODES["LumiXSampler"].execute(
+        model, conditioning(1), conditioning(2), TinyVAE(), 0, 2, v, "euler", "simple", SIZE, SIZE, 1, True)),
+    ("LumiX Tensor LoRA Loader: strength", lambda model, v: NODES["LumiXTensorLoRALoader"].execute(
+        model, "redteam_lumix.safetensors", v, True)),
+    ("LumiX Relight: elevation", lambda model, v: NODES["LumiXRelight"].execute(
+        image(), image(), 45.0, v, "#ffffff", 1.0, 0.15)),
+    ("LumiX Map Consistency: fov_degrees", lambda model, v: NODES["LumiXConsistency"].execute(
+        v, "far is bright (LumiX)", depth=image(), normal=image())),
+    ("LumiX Save Maps: fov_degrees", lambda model, v: NODES["LumiXSaveMaps"].execute("LumiX/scene", v, color=image())),
+]
+
+
+@pytest.mark.parametrize("label,run", NAN_SETTINGS, ids=[label for label, _ in NAN_SETTINGS])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_number_settings_are_refused(lumix_model, output_dir, label, run, value):
+    # An API prompt can carry NaN (Python's JSON reads it) and ComfyUI's min/max check lets it through.
+    with pytest.raises(ValueError, match=f"^{label} is (nan|inf); set it to a finite number"):
+        run(lumix_model, value)
+    assert list(output_dir.rglob("*")) == []
+
+
+def test_cover_crop_of_a_strip_is_refused_on_both_routes(lumix_model):
+    strip = image(h=1000, w=16)
+    with pytest.raises(ValueError, match=r"the given color map is 16x1000; cropping it .* keeps only 16x0 pixels"):
+        NODES["LumiXSampler"].execute(lumix_model, conditioning(1), conditioning(2), TinyVAE(), 0, 2, 1.0, "euler",
+                                      "simple", 512, 16, 1, True, color=strip, held_maps_size="width x height",
+                                      held_maps_resize="cover and centre-crop")
+    latent = NODES["LumiXEmptyLatent"].execute(512, 16, 1).result[0]
+    with pytest.raises(ValueError, match=r"the given color map is 16x1000; cropping it .* keeps only 16x0 pixels"):
+        NODES["LumiXHoldMaps"].execute(lumix_model, TinyVAE(), latent, color=strip,
+                                       held_maps_resize="cover and centre-crop")
