@@ -105,6 +105,22 @@ def saveable_map(name: str, batch) -> tuple[torch.Tensor, list[int]]:
     return rgb.contiguous(), [int(b) for b in bad]
 
 
+MAX_NAME_BYTES = 255 - len("_00000.") - 8  # a file system's name limit, less the scene number and temp suffix
+
+
+def check_prefix(prefix: str) -> None:
+    """Refuses a Save Maps filename_prefix no file system takes (control characters such as NUL, or a
+    folder/file name too long once the scene number is added), before anything is written."""
+    bad = sorted({repr(c) for c in prefix if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ValueError(f"LumiX Save Maps: filename_prefix {prefix!r} contains control character(s) "
+                         f"{', '.join(bad)}; use letters, digits, '_', '-' and '/' for subfolders.")
+    for part in prefix.replace("\\", "/").split("/"):
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(f"LumiX Save Maps: filename_prefix has a name of {len(part.encode('utf-8'))} bytes "
+                             f"({part[:20]}...); names may hold at most {MAX_NAME_BYTES} bytes here. Shorten it.")
+
+
 def new_folder(root: str, prefix: str) -> str:
     """Create and return root/prefix_NNNNN with the first free number: nothing is ever overwritten."""
     base = os.path.join(root, prefix)

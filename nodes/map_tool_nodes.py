@@ -20,7 +20,7 @@ from ..lumix_core.conventions import flip_normal_y
 from ..lumix_core.display import COLORMAPS, apply_colormap, colorize_depth
 from ..lumix_core.finite_check import check_finite_settings
 from ..lumix_core.given_maps import check_tool_map
-from ..lumix_core.export import (EXR_INSTALL_HINT, exr_available, linear_channels, saveable_map, scene_folder,
+from ..lumix_core.export import (EXR_INSTALL_HINT, check_prefix, exr_available, linear_channels, saveable_map, scene_folder,
                                  to_uint16, write_bytes, write_exr, write_png16, write_sidecar)
 from ..lumix_core.sampling import scene_seed
 from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
@@ -274,6 +274,7 @@ class LumiXSaveMaps(io.ComfyNode):
         # every map checked and converted before any folder exists: odd inputs leave nothing behind
         prepared = {name: saveable_map(name, maps[name]) for name in MAP_NAMES if name in maps}
         images = {name: rgb for name, (rgb, _) in prepared.items()}
+        check_prefix(filename_prefix)
         output_dir = os.path.realpath(folder_paths.get_output_directory())
         target = os.path.realpath(os.path.join(output_dir, filename_prefix))
         if os.path.commonpath([output_dir, target]) != output_dir:

@@ -105,3 +105,18 @@ def test_cover_crop_of_a_strip_is_refused_and_a_fitting_crop_passes():
                                             r"512x16 aspect ratio keeps only 16x0 pixels"):
         check_cover_crop("color", torch.zeros(1, 1000, 16, 3), (512, 16))
     check_cover_crop("color", torch.zeros(1, 16, 1000, 3), (512, 16))  # 1000x16 covers 512x16: keeps 512x16
+
+
+@pytest.mark.parametrize("prefix,problem", [("a\x00b", r"control character\(s\) '\\x00'"),
+                                            ("ok/tab\there", r"control character\(s\) '\\t'"),
+                                            ("x" * 241, "a name of 241 bytes"), ("é" * 121, "a name of 242 bytes")])
+def test_save_maps_prefix_no_file_system_takes_is_refused(prefix, problem):
+    from lumix_core.export import check_prefix
+    with pytest.raises(ValueError, match=f"LumiX Save Maps: filename_prefix .*{problem}"):
+        check_prefix(prefix)
+
+
+def test_save_maps_ordinary_prefixes_pass():
+    from lumix_core.export import check_prefix
+    for prefix in ("LumiX/scene", "ok/é ✓", "x" * 240, "a/" + "y" * 240):
+        check_prefix(prefix)

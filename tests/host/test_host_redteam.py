@@ -253,3 +253,10 @@ def test_cover_crop_of_a_strip_is_refused_on_both_routes(lumix_model):
     with pytest.raises(ValueError, match=r"the given color map is 16x1000; cropping it .* keeps only 16x0 pixels"):
         NODES["LumiXHoldMaps"].execute(lumix_model, TinyVAE(), latent, color=strip,
                                        held_maps_resize="cover and centre-crop")
+
+
+@pytest.mark.parametrize("prefix", ["a\x00b", "x" * 300])
+def test_save_maps_refuses_prefixes_no_file_system_takes(output_dir, prefix):
+    with pytest.raises(ValueError, match=r"^LumiX Save Maps: filename_prefix "):
+        NODES["LumiXSaveMaps"].execute(prefix, 60.0, color=image())
+    assert list(output_dir.rglob("*")) == []
