@@ -59,8 +59,27 @@ def write_exr(path: str, channels: dict[str, np.ndarray]) -> None:
 
     data = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in channels.items()}
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    shapes = {name: value.shape for name, value in data.items()}  # OpenEXR.File turns `data` into Channels
     with OpenEXR.File(header, data) as f, atomic_path(path) as temporary:
         f.write(temporary)
+        _check_exr_written(temporary, path, shapes)
+
+
+def _check_exr_written(temporary: str, path: str, expected: dict[str, tuple]) -> None:
+    """OpenEXR's writer does not report a failed write (on a full disk it leaves a short file and no
+    error), so the file is read back before it takes its name; a file that does not read back whole
+    is an OSError like any other failed write."""
+    import OpenEXR
+
+    try:
+        with OpenEXR.File(temporary) as written:
+            shapes = {name: channel.pixels.shape for name, channel in written.channels().items()}
+    except Exception as exc:  # the reader raises RuntimeError or ValueError for a short file
+        raise OSError(errno.EIO, f"the EXR writer left an unreadable {os.path.basename(path)} ({exc}); the disk "
+                                 "may be full") from None
+    if shapes != expected:
+        raise OSError(errno.EIO, f"the EXR writer left an incomplete {os.path.basename(path)} (channels {shapes}); "
+                                 "the disk may be full")
 
 
 def linear_channels(name: str, image) -> dict[str, np.ndarray]:

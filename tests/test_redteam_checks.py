@@ -120,3 +120,41 @@ def test_save_maps_ordinary_prefixes_pass():
     from lumix_core.export import check_prefix
     for prefix in ("LumiX/scene", "ok/é ✓", "x" * 240, "a/" + "y" * 240):
         check_prefix(prefix)
+
+
+class ShortExrWriter:
+    """OpenEXR.File whose write leaves half the file and reports nothing (what it does on a full disk)."""
+
+    def __init__(self, real, *args, **kwargs):
+        self.inner = real(*args, **kwargs)
+
+    def __enter__(self):
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.inner.__exit__(*exc)
+
+    def write(self, path):
+        self.inner.write(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+
+
+def short_exr_writer(monkeypatch):
+    import OpenEXR
+    real = OpenEXR.File
+    monkeypatch.setattr(OpenEXR, "File", lambda *a, **k: ShortExrWriter(real, *a, **k) if isinstance(a[0], dict)
+                        else real(*a, **k))
+
+
+def test_an_exr_write_that_fails_silently_is_an_oserror_and_leaves_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("OpenEXR", reason="openexr is not installed (optional extra)")
+    import errno
+    from lumix_core.export import write_exr
+    short_exr_writer(monkeypatch)
+    with pytest.raises(OSError, match="the EXR writer left an unreadable x.exr") as err:
+        write_exr(str(tmp_path / "x.exr"), {"RGB": image(h=64, w=64)[0].numpy()})
+    assert err.value.errno == errno.EIO and list(tmp_path.iterdir()) == []

@@ -260,3 +260,13 @@ def test_save_maps_refuses_prefixes_no_file_system_takes(output_dir, prefix):
     with pytest.raises(ValueError, match=r"^LumiX Save Maps: filename_prefix "):
         NODES["LumiXSaveMaps"].execute(prefix, 60.0, color=image())
     assert list(output_dir.rglob("*")) == []
+
+
+def test_save_maps_on_a_disk_that_fills_during_an_exr_leaves_no_scene(output_dir, monkeypatch):
+    # openexr is part of the host environment; its writer reports no error on a full disk
+    from test_redteam_checks import short_exr_writer
+    short_exr_writer(monkeypatch)
+    with pytest.raises(OSError, match=r"could not write scene 1 of 1 \(the EXR writer left an unreadable .*folder was "
+                                      r"removed"):
+        NODES["LumiXSaveMaps"].execute("LumiX/scene", 60.0, color=image(), depth=image())
+    assert [p for p in output_dir.rglob("*") if p.is_file()] == []
