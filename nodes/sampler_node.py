@@ -18,7 +18,7 @@ from . import categories
 from .memory_guard import check_memory
 from .sampling_steps import (
     HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
-    SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_lumix_model, decode_maps, empty_latent,
+    SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_run_size, check_lumix_model, decode_maps, empty_latent,
     five_map_callback, hold_given_maps, prepare_given_map, resize_maps, sampling_sigmas, warn_user)
 
 SIZE_FROM_GIVEN = "from the given map (aspect kept, area budget)"
@@ -37,6 +37,7 @@ def _check_inputs(model, width, height, scenes, given):
     """Refuses what cannot run (given maps are normalised in place first, before any size is derived
     from them); returns a warning for the user or None."""
     warning = check_lumix_model(model)
+    check_run_size(width, height, scenes)
     check_given_maps(given, scenes)
     if width % 16 or height % 16:
         raise ValueError(f"LumiX: width and height must be multiples of 16 (got {width}x{height}); "

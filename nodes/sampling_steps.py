@@ -89,6 +89,16 @@ def warn_user(node_id, text: str) -> None:
 
 # ---- latent --------------------------------------------------------------------------------------
 
+def check_run_size(width: int, height: int, scenes: int) -> None:
+    """Refuses sizes below the widgets' minimums (a value linked from another node skips ComfyUI's check)."""
+    if scenes < 1:
+        raise ValueError(f"LumiX: scenes is {scenes}; set at least 1 (a value linked from another node skips the "
+                         "widget's minimum).")
+    if width < 16 or height < 16:
+        raise ValueError(f"LumiX: the size is {width}x{height}; width and height must be at least 16 (multiples "
+                         "of 16; a value linked from another node skips the widget's minimum).")
+
+
 def empty_latent(channels: int, width: int, height: int, scenes: int) -> torch.Tensor:
     """Zeros [scenes * 5, C, height/8, width/8], map index fastest."""
     return torch.zeros((scenes * MAP_COUNT, channels, height // 8, width // 8))

@@ -270,3 +270,15 @@ def test_save_maps_on_a_disk_that_fills_during_an_exr_leaves_no_scene(output_dir
                                       r"removed"):
         NODES["LumiXSaveMaps"].execute("LumiX/scene", 60.0, color=image(), depth=image())
     assert [p for p in output_dir.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("width,height,scenes,problem", [(SIZE, SIZE, 0, "scenes is 0; set at least 1"),
+                                                         (0, 0, 1, "the size is 0x0; width and height must be at "
+                                                                   "least 16")])
+def test_linked_sizes_below_the_widget_minimum_are_refused(lumix_model, width, height, scenes, problem):
+    # ComfyUI checks min/max only for widget values, not for values linked from another node
+    with pytest.raises(ValueError, match=f"^LumiX: {problem}"):
+        NODES["LumiXEmptyLatent"].execute(width, height, scenes)
+    with pytest.raises(ValueError, match=f"^LumiX: {problem}"):
+        NODES["LumiXSampler"].execute(lumix_model, conditioning(1), conditioning(2), TinyVAE(), 0, 2, 1.0, "euler",
+                                      "simple", width, height, scenes, True)
