@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .conventions import decode_depth, decode_normals, srgb_to_linear
+from .given_maps import check_range
 from .maps import MAPS
 
 EXR_INSTALL_HINT = ("EXR export needs the optional 'openexr' package: run `python -m pip install openexr` "
@@ -58,8 +59,27 @@ def write_exr(path: str, channels: dict[str, np.ndarray]) -> None:
 
     data = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in channels.items()}
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    shapes = {name: value.shape for name, value in data.items()}  # OpenEXR.File turns `data` into Channels
     with OpenEXR.File(header, data) as f, atomic_path(path) as temporary:
         f.write(temporary)
+        _check_exr_written(temporary, path, shapes)
+
+
+def _check_exr_written(temporary: str, path: str, expected: dict[str, tuple]) -> None:
+    """OpenEXR's writer does not report a failed write (on a full disk it leaves a short file and no
+    error), so the file is read back before it takes its name; a file that does not read back whole
+    is an OSError like any other failed write."""
+    import OpenEXR
+
+    try:
+        with OpenEXR.File(temporary) as written:
+            shapes = {name: channel.pixels.shape for name, channel in written.channels().items()}
+    except Exception as exc:  # the reader raises RuntimeError or ValueError for a short file
+        raise OSError(errno.EIO, f"the EXR writer left an unreadable {os.path.basename(path)} ({exc}); the disk "
+                                 "may be full") from None
+    if shapes != expected:
+        raise OSError(errno.EIO, f"the EXR writer left an incomplete {os.path.basename(path)} (channels {shapes}); "
+                                 "the disk may be full")
 
 
 def linear_channels(name: str, image) -> dict[str, np.ndarray]:
@@ -99,7 +119,25 @@ def saveable_map(name: str, batch) -> tuple[torch.Tensor, list[int]]:
     bad = (~torch.isfinite(rgb)).flatten(1).sum(1).tolist()
     if any(bad):
         rgb = torch.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)
+    # a 0-255 or -1..1 image would be clipped to white/black without a word
+    check_range(f"LumiX Save Maps: the {name} map", rgb, "Save Maps")
     return rgb.contiguous(), [int(b) for b in bad]
+
+
+MAX_NAME_BYTES = 255 - len("_00000.") - 8  # a file system's name limit, less the scene number and temp suffix
+
+
+def check_prefix(prefix: str) -> None:
+    """Refuses a Save Maps filename_prefix no file system takes (control characters such as NUL, or a
+    folder/file name too long once the scene number is added), before anything is written."""
+    bad = sorted({repr(c) for c in prefix if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ValueError(f"LumiX Save Maps: filename_prefix {prefix!r} contains control character(s) "
+                         f"{', '.join(bad)}; use letters, digits, '_', '-' and '/' for subfolders.")
+    for part in prefix.replace("\\", "/").split("/"):
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(f"LumiX Save Maps: filename_prefix has a name of {len(part.encode('utf-8'))} bytes "
+                             f"({part[:20]}...); names may hold at most {MAX_NAME_BYTES} bytes here. Shorten it.")
 
 
 def new_folder(root: str, prefix: str) -> str:

@@ -81,7 +81,8 @@ def check_sampler_memory(width: int, height: int, scenes: int, cfg: float, devic
     if fitting_scenes:
         advice = f"Set scenes to {fitting_scenes} (and run several times), or make the images smaller."
     else:
-        size = _largest_size(width, height, cfg, device_free, host_free, shared, sizes)
+        size = _largest_size(width, height, lambda w, h: fits(estimate_sampler_memory(w, h, 1, cfg, **sizes),
+                                                               device_free, host_free, shared))
         advice = (f"Even one scene does not fit: set width x height to {size[0]}x{size[1]} or less."
                   if size else "Not even one 16x16 scene fits: free memory (close other programs or models).")
     if shared:
@@ -96,11 +97,32 @@ def check_sampler_memory(width: int, height: int, scenes: int, cfg: float, devic
         f"{have}. {advice}")
 
 
-def _largest_size(width, height, cfg, device_free, host_free, shared, sizes) -> tuple[int, int] | None:
-    """The largest (width, height), multiples of 16 at about the same aspect ratio, where one scene fits."""
+def check_latent_memory(width: int, height: int, scenes: int, host_free: int, **sizes) -> int:
+    """The host part of the count (latents and decoded images; where no model is known, as in LumiX
+    Empty Latent), or SamplerMemoryError naming what would fit. Returns the bytes needed."""
+    def need(w, h, s):
+        return estimate_sampler_memory(w, h, s, 1.0, **sizes).host_bytes
+    needed = need(width, height, scenes)
+    if needed <= host_free:
+        return needed
+    fitting_scenes = next((s for s in range(scenes - 1, 0, -1) if need(width, height, s) <= host_free), 0)
+    if fitting_scenes:
+        advice = f"Set scenes to {fitting_scenes} (and run several times), or make the images smaller."
+    else:
+        size = _largest_size(width, height, lambda w, h: need(w, h, 1) <= host_free)
+        advice = (f"Even one scene does not fit: set width x height to {size[0]}x{size[1]} or less."
+                  if size else "Not even one 16x16 scene fits: free memory (close other programs or models).")
+    raise SamplerMemoryError(
+        f"LumiX: {scenes} scene(s) of {width}x{height} ({scenes * MAP_COUNT} maps) need at least "
+        f"{needed / GIB:.1f} GiB of system memory for their latents and decoded maps (the model's own "
+        f"memory not counted), but only {host_free / GIB:.1f} GiB is free. {advice}")
+
+
+def _largest_size(width, height, fits_one) -> tuple[int, int] | None:
+    """The largest (width, height), multiples of 16 at about the same aspect ratio, where fits_one(w, h)."""
     for step in range(max(width, height) // 16, 0, -1):
         scale = 16 * step / max(width, height)
         w, h = max(16, int(width * scale) // 16 * 16), max(16, int(height * scale) // 16 * 16)
-        if fits(estimate_sampler_memory(w, h, 1, cfg, **sizes), device_free, host_free, shared):
+        if fits_one(w, h):
             return w, h
     return None

@@ -3,15 +3,20 @@ an empty grouped latent, per-scene noise, the reference's sigmas, given maps hel
 and a split into the five maps. They run the same steps (sampling_steps) as the all-in-one sampler."""
 from __future__ import annotations
 
+import torch
+
 from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
+from ..lumix_core.finite_check import check_finite_maps
+from ..lumix_core.given_maps import check_given_map, check_tool_map
 from ..lumix_core.sampling import split_maps
 from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
 from . import categories
+from .memory_guard import check_latent_host_memory, check_memory
 from .sampling_steps import (
     HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
-    SCHEDULE_REFERENCE, SceneNoise, check_given_maps, check_lumix_model, decode_maps, empty_latent, hold_given_maps,
+    SCHEDULE_REFERENCE, SceneNoise, check_given_maps, check_run_size, check_lumix_model, decode_maps, empty_latent, hold_given_maps,
     latent_size, prepare_given_map, sampling_sigmas, warn_user)
 
 
@@ -44,9 +49,12 @@ class LumiXEmptyLatent(io.ComfyNode):
     def execute(cls, width, height, scenes, photo=None, area_width=REFERENCE_PHOTO_SIZE[0],
                 area_height=REFERENCE_PHOTO_SIZE[1]) -> io.NodeOutput:
         if photo is not None:
+            photo = check_given_map("photo", photo)
             width, height = size_for_photo(photo.shape[2], photo.shape[1], area_width, area_height)
+        check_run_size(width, height, scenes)
         if width % 16 or height % 16:
             raise ValueError(f"LumiX: width and height must be multiples of 16 (got {width}x{height}).")
+        check_latent_host_memory(width, height, scenes)  # before allocating, as the sampler's guard
         return io.NodeOutput({"samples": empty_latent(16, width, height, scenes)})
 
 
@@ -136,7 +144,8 @@ class LumiXHoldMaps(io.ComfyNode):
             warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
         check_given_maps(given, samples.shape[0] // MAP_COUNT)
         width, height = latent_size(samples)
-        images = {name: prepare_given_map(image, width, height, held_maps_resize) for name, image in given.items()}
+        check_memory(model, None, None, width, height, samples.shape[0] // MAP_COUNT, 1.0)  # before encoding
+        images = {name: prepare_given_map(image, width, height, held_maps_resize, name) for name, image in given.items()}
         patched, held = hold_given_maps(model, vae, samples, images, held_maps_guidance)
         return io.NodeOutput(patched, {**latent, "samples": held})
 
@@ -168,5 +177,8 @@ class LumiXSplitMaps(io.ComfyNode):
                 raise ValueError("LumiX Split Maps: a latent needs the vae to be decoded; connect the FLUX VAE.")
             maps = decode_maps(vae, latent["samples"])
         else:
-            maps = split_maps(images[..., :3], MAP_COUNT)
+            if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[0] % MAP_COUNT == 0:
+                check_finite_maps(images, "the images batch", "Something before LumiX Split Maps produced them "
+                                  "(the model, the checkpoint or strength, or the VAE); fix that node.")
+            maps = split_maps(check_tool_map("LumiX Split Maps", "images", images), MAP_COUNT)
         return io.NodeOutput(*(maps[name] for name in MAP_NAMES))

@@ -18,7 +18,9 @@ from comfy_api.v0_0_2 import io, ui
 from ..lumix_core import MAP_NAMES, MAPS
 from ..lumix_core.conventions import flip_normal_y
 from ..lumix_core.display import COLORMAPS, apply_colormap, colorize_depth
-from ..lumix_core.export import (EXR_INSTALL_HINT, exr_available, linear_channels, saveable_map, scene_folder,
+from ..lumix_core.finite_check import check_finite_settings
+from ..lumix_core.given_maps import check_tool_map
+from ..lumix_core.export import (EXR_INSTALL_HINT, check_prefix, exr_available, linear_channels, saveable_map, scene_folder,
                                  to_uint16, write_bytes, write_exr, write_png16, write_sidecar)
 from ..lumix_core.sampling import scene_seed
 from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
@@ -45,6 +47,12 @@ def _readout(node: str, lines: list[str], warnings: list[str]) -> ui.PreviewText
     for warning in warnings:
         _LOG.warning("%s: %s", node, warning)
     return ui.PreviewText("\n".join([f"WARNING: {w}" for w in warnings] + lines))
+
+
+def _checked(node: str, maps: dict) -> dict:
+    """The connected maps as float RGB 0..1, or a clear error naming the map (lumix_core.given_maps rules:
+    NaN/Inf, other ranges, channel counts and empty images refused; grey to RGB, alpha dropped)."""
+    return {name: check_tool_map(node, name, image) for name, image in maps.items() if image is not None}
 
 
 def _per_image(label: str, index: int, count: int) -> str:
@@ -99,7 +107,8 @@ class LumiXConsistency(io.ComfyNode):
 
     @classmethod
     def execute(cls, fov_degrees, depth_convention, **maps) -> io.NodeOutput:
-        maps = {k: v for k, v in maps.items() if v is not None}
+        check_finite_settings("LumiX Map Consistency", fov_degrees=fov_degrees)
+        maps = _checked("LumiX Map Consistency", maps)
         scenes, height, width = _given_scenes(maps)
         heat = {key: [] for key in ("photometric", "geometric", "structural")}
         lines, warnings = [], []
@@ -146,9 +155,10 @@ class LumiXRelight(io.ComfyNode):
 
     @classmethod
     def execute(cls, albedo, normal, azimuth, elevation, light_color, intensity, ambient, irradiance=None) -> io.NodeOutput:
-        given = {"albedo": albedo, "normal": normal}
-        if irradiance is not None:
-            given["irradiance"] = irradiance
+        check_finite_settings("LumiX Relight", azimuth=azimuth, elevation=elevation, intensity=intensity,
+                              ambient=ambient)
+        given = _checked("LumiX Relight", {"albedo": albedo, "normal": normal, "irradiance": irradiance})
+        albedo, normal, irradiance = given["albedo"], given["normal"], given.get("irradiance")
         _given_scenes(given)
         try:
             rgb = parse_hex_color(light_color)
@@ -193,6 +203,7 @@ class LumiXDepthColormap(io.ComfyNode):
 
     @classmethod
     def execute(cls, depth, colormap, near_points, depth_convention) -> io.NodeOutput:
+        depth = check_tool_map("LumiX Depth Colormap", "depth", depth)
         input_near_is_bright = depth_convention == DEPTH_CONVENTIONS[1]
         out = colorize_depth(depth.double(), colormap, input_near_is_bright, near_points)
         end = "top (warm/bright)" if near_points else "bottom (cool/dark)"
@@ -219,6 +230,7 @@ class LumiXNormalFlip(io.ComfyNode):
 
     @classmethod
     def execute(cls, normal) -> io.NodeOutput:
+        normal = check_tool_map("LumiX Normal Flip", "normal", normal)
         flipped = flip_normal_y(normal)
         lines, warnings = [], []
         for i in range(normal.shape[0]):
@@ -261,11 +273,13 @@ class LumiXSaveMaps(io.ComfyNode):
 
     @classmethod
     def execute(cls, filename_prefix, fov_degrees, **maps) -> io.NodeOutput:
+        check_finite_settings("LumiX Save Maps", fov_degrees=fov_degrees)
         maps = {k: v for k, v in maps.items() if v is not None}
         scenes, _, _ = _given_scenes(maps)
         # every map checked and converted before any folder exists: odd inputs leave nothing behind
         prepared = {name: saveable_map(name, maps[name]) for name in MAP_NAMES if name in maps}
         images = {name: rgb for name, (rgb, _) in prepared.items()}
+        check_prefix(filename_prefix)
         output_dir = os.path.realpath(folder_paths.get_output_directory())
         target = os.path.realpath(os.path.join(output_dir, filename_prefix))
         if os.path.commonpath([output_dir, target]) != output_dir:

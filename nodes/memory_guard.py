@@ -5,7 +5,7 @@ import torch
 
 import comfy.model_management
 
-from ..lumix_core.memory_estimate import DEFAULT_TEXT_TOKENS, check_sampler_memory
+from ..lumix_core.memory_estimate import DEFAULT_TEXT_TOKENS, check_latent_memory, check_sampler_memory
 from .flux_model import flux_diffusion_model
 
 
@@ -37,3 +37,10 @@ def check_memory(model, positive, negative, width: int, height: int, scenes: int
         hidden=flux_diffusion_model(model).hidden_size,
         activation_bytes=comfy.model_management.dtype_size(dtype),
         text_tokens=max(_text_tokens(positive), _text_tokens(negative)))
+
+
+def check_latent_host_memory(width: int, height: int, scenes: int, latent_channels: int = 16) -> None:
+    """LumiX Empty Latent's guard (no model known): the latents and decoded maps of the run against the
+    system memory ComfyUI reports free, before the latent is allocated."""
+    check_latent_memory(width, height, scenes, comfy.model_management.get_free_memory(torch.device("cpu")),
+                        latent_channels=latent_channels)

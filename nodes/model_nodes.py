@@ -9,6 +9,7 @@ from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_NAMES, SOURCE_MAP, map_index
 from ..lumix_core.checkpoint_sniff import LumiXFileCache
+from ..lumix_core.finite_check import check_finite_settings
 from . import categories
 from .adapter_memory import ADAPTER_DTYPES, resolve_adapter_dtype
 from .checkpoint_cache import CheckpointCache
@@ -135,6 +136,7 @@ class LumiXTensorLoRALoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lumix_name, strength, query_broadcast, adapter_dtype="auto") -> io.NodeOutput:
+        check_finite_settings("LumiX Tensor LoRA Loader", strength=strength)
         error = None
         try:
             diffusion_model = flux_diffusion_model(model)

@@ -12,12 +12,13 @@ import comfy.utils
 from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
+from ..lumix_core.finite_check import check_finite_settings
 from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
 from . import categories
 from .memory_guard import check_memory
 from .sampling_steps import (
     HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
-    SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_lumix_model, decode_maps, empty_latent,
+    SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_run_size, check_lumix_model, decode_maps, empty_latent,
     five_map_callback, hold_given_maps, prepare_given_map, resize_maps, sampling_sigmas, warn_user)
 
 SIZE_FROM_GIVEN = "from the given map (aspect kept, area budget)"
@@ -36,6 +37,7 @@ def _check_inputs(model, width, height, scenes, given):
     """Refuses what cannot run (given maps are normalised in place first, before any size is derived
     from them); returns a warning for the user or None."""
     warning = check_lumix_model(model)
+    check_run_size(width, height, scenes)
     check_given_maps(given, scenes)
     if width % 16 or height % 16:
         raise ValueError(f"LumiX: width and height must be multiples of 16 (got {width}x{height}); "
@@ -132,6 +134,7 @@ class LumiXSampler(io.ComfyNode):
                 output_size=OUTPUT_SAMPLED) -> io.NodeOutput:
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
                  if image is not None}
+        check_finite_settings("LumiX Intrinsic Sampler", cfg=cfg)
         if given and output_size == OUTPUT_ORIGINAL and held_maps_resize != RESIZE_STRETCH:
             raise ValueError("LumiX: output_size \"given map's original size\" stretches the maps back to the photo, "
                              "which only lines up with held_maps_resize 'stretch (as the reference)'; a cropped "
@@ -144,7 +147,7 @@ class LumiXSampler(io.ComfyNode):
             warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
 
         latent = empty_latent(model.get_model_object("latent_format").latent_channels, width, height, scenes)
-        given_images = {name: prepare_given_map(image, width, height, held_maps_resize) for name, image in given.items()}
+        given_images = {name: prepare_given_map(image, width, height, held_maps_resize, name) for name, image in given.items()}
         model, latent = hold_given_maps(model, vae, latent, given_images, held_maps_guidance)
         sigmas = sampling_sigmas(model, schedule, steps, width, height, sampler_name, scheduler)
         samples = sample_maps(model, SceneNoise(seed, shared_noise), cfg, comfy.samplers.sampler_object(sampler_name),

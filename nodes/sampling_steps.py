@@ -15,7 +15,8 @@ import comfy.utils
 import latent_preview
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES
-from ..lumix_core.given_maps import check_given_map
+from ..lumix_core.finite_check import MODEL_ADVICE, VAE_ADVICE, check_finite_maps
+from ..lumix_core.given_maps import check_cover_crop, check_given_map
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps, tile_scene
 from ..lumix_core.schedule import reference_sigmas
 from .flux_model import NotFluxError, flux_diffusion_model
@@ -88,6 +89,16 @@ def warn_user(node_id, text: str) -> None:
 
 # ---- latent --------------------------------------------------------------------------------------
 
+def check_run_size(width: int, height: int, scenes: int) -> None:
+    """Refuses sizes below the widgets' minimums (a value linked from another node skips ComfyUI's check)."""
+    if scenes < 1:
+        raise ValueError(f"LumiX: scenes is {scenes}; set at least 1 (a value linked from another node skips the "
+                         "widget's minimum).")
+    if width < 16 or height < 16:
+        raise ValueError(f"LumiX: the size is {width}x{height}; width and height must be at least 16 (multiples "
+                         "of 16; a value linked from another node skips the widget's minimum).")
+
+
 def empty_latent(channels: int, width: int, height: int, scenes: int) -> torch.Tensor:
     """Zeros [scenes * 5, C, height/8, width/8], map index fastest."""
     return torch.zeros((scenes * MAP_COUNT, channels, height // 8, width // 8))
@@ -100,7 +111,8 @@ def latent_size(latent: torch.Tensor) -> tuple[int, int]:
 
 # ---- given maps ----------------------------------------------------------------------------------
 
-def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str = RESIZE_STRETCH) -> torch.Tensor:
+def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str = RESIZE_STRETCH,
+                      name: str = "given") -> torch.Tensor:
     """A given map as the sampler encodes it: [n, H, W, C] in 0..1 -> [n, height, width, 3]
     (RGB, clamped, fitted to width x height as `resize` says). The one place given maps are prepared."""
     if resize not in RESIZES:
@@ -108,6 +120,8 @@ def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str 
     rgb = image[..., :3]
     if rgb.shape[1] != height or rgb.shape[2] != width:
         crop = "disabled" if resize == RESIZE_STRETCH else "center"
+        if resize == RESIZE_COVER:
+            check_cover_crop(name, rgb, (width, height))
         rgb = comfy.utils.common_upscale(rgb.movedim(-1, 1), width, height, "bicubic", crop).movedim(1, -1)
     return rgb.clamp(0.0, 1.0)
 
@@ -129,6 +143,9 @@ def encode_given_maps(vae, latent: torch.Tensor, images: dict[str, torch.Tensor]
             raise ValueError(f"LumiX: the {name} input holds {image.shape[0]} image(s) but the latent holds "
                              f"{scenes} scene(s); give one image per scene.")
         encoded = vae.encode(image)
+        if not bool(torch.isfinite(encoded).all()):
+            raise ValueError(f"LumiX: the VAE turned the given {name} map (finite, 0..1) into non-finite latents "
+                             f"(NaN/Inf). {VAE_ADVICE}")
         if tuple(encoded.shape[1:]) != tuple(latent.shape[1:]):
             raise ValueError(f"LumiX: the VAE turned the {name} image into latents of shape "
                              f"{tuple(encoded.shape[1:])}, not {tuple(latent.shape[1:])}; connect the FLUX VAE "
@@ -250,5 +267,9 @@ def five_map_callback(model, steps: int):
 
 
 def decode_maps(vae, samples: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{map name: [scenes, H, W, 3]} from a grouped latent batch."""
-    return split_maps(vae.decode(samples)[..., :3].clamp(0.0, 1.0), MAP_COUNT)
+    """{map name: [scenes, H, W, 3]} from a grouped latent batch; NaN/Inf in the latent or in the
+    VAE's output is refused (naming scene and map), not returned as black maps."""
+    check_finite_maps(samples, "the sampled latent", MODEL_ADVICE)
+    decoded = vae.decode(samples)[..., :3]
+    check_finite_maps(decoded, "the VAE's output", VAE_ADVICE)
+    return split_maps(decoded.clamp(0.0, 1.0), MAP_COUNT)
