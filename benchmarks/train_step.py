@@ -175,7 +175,10 @@ def main():
     argv = [a for a in sys.argv[1:] if not a.startswith("--cases")]
     for r in range(o.repeats):
         for case in cases:  # interleaved A/B/C/D, then again
-            proc = subprocess.run([sys.executable, __file__, *argv, "--case", case], capture_output=True, text=True)
+            # a fixed mmap threshold: glibc returns every large block at free, so VmHWM is the true peak
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+            proc = subprocess.run([sys.executable, __file__, *argv, "--case", case], capture_output=True, text=True,
+                                  env=env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if proc.returncode != 0 or not lines:
                 tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
