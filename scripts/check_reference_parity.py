@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -72,7 +74,12 @@ def import_comfyui(path: str | None):
     from comfy.cli_args import args
     args.cpu = True  # float32 on the CPU, as the comparison requires
     import nodes as comfy_nodes
-    asyncio.run(comfy_nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # core extras that need absent packages (audio) only warn
+    try:
+        asyncio.run(comfy_nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    finally:
+        logging.getLogger().setLevel(level)
     if not asyncio.run(comfy_nodes.load_custom_node(str(REPO))):
         fail("ComfyUI could not load this extension (see the log above)")
     return comfy_nodes
@@ -91,7 +98,7 @@ def import_reference(path: str):
         spec = importlib.util.spec_from_file_location(f"lumix_reference_{key}", file)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.torch = float32_torch()  # its bf16 casts become float32 casts (see the docstring)
+        set_reference_precision(module, torch.float32)  # its bf16 casts become float32 casts (see the docstring)
         modules[key] = module
     import yaml
     configs = {key: yaml.safe_load((root / "eval" / "configs" / name).read_text())
@@ -102,11 +109,31 @@ def import_reference(path: str):
                                  lumix=layers_lumix)
 
 
-def float32_torch():
-    proxy = types.ModuleType("torch_float32_proxy")
+def set_reference_precision(module, dtype):
+    """Binds the eval module's `torch` to a proxy whose `bfloat16` is `dtype`; its noise is drawn in
+    float32 (as ComfyUI's) and then cast to `dtype` (a no-op in float32)."""
+    proxy = types.ModuleType(f"torch_{dtype}_proxy")
     proxy.__getattr__ = lambda name: getattr(torch, name)
-    proxy.bfloat16 = torch.float32
-    return proxy
+    proxy.bfloat16 = dtype
+    module.torch = proxy
+    draw = getattr(module.get_noise, "lumix_parity_original", module.get_noise)
+
+    def get_noise(num_samples, height, width, device, dtype, seed):
+        return draw(num_samples, height, width, device=device, dtype=torch.float32, seed=seed).to(dtype)
+    get_noise.lumix_parity_original = draw
+    module.get_noise = get_noise
+
+
+class Float64Model(torch.nn.Module):
+    """The reference model in float64 for a rounding-free baseline: its float inputs cast to float64."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, **kwargs):
+        return self.inner(**{k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+                             for k, v in kwargs.items()})
 
 
 # ---- one set of weights, conditioning and VAE for both sides ----------------------------------------
@@ -420,7 +447,11 @@ def per_step(calls):
     return steps
 
 
-def report(name, ref_latent, ref_calls, ref_sigmas, our_latent, our_calls, tolerance):
+def relative(a, b, scale):
+    return (a.double() - b.double()).abs().max().item() / scale
+
+
+def report(name, ref_latent, ref_calls, ref_sigmas, our_latent, our_calls, tolerance, ref_latent64=None):
     ref_steps, our_steps = per_step(ref_calls), per_step(our_calls)
     print(f"\n== {name}")
     print(f"   model calls: reference {len(ref_calls)} (batch {ref_calls[0]['batch']}), "
@@ -449,7 +480,19 @@ def report(name, ref_latent, ref_calls, ref_sigmas, our_latent, our_calls, toler
     print(f"   final latent: max abs diff {diff.max().item():.3e}, mean abs latent {scale:.3e}, "
           f"max abs diff / mean abs latent = {rel:.2e}  ({'OK' if ok else 'DIFFERS'}, tolerance {tolerance:g})")
     print(f"   per map: {', '.join(per_map)}")
+    if ref_latent64 is not None:
+        print(f"   against the reference run in float64: reference float32 {relative(ref_latent, ref_latent64, scale):.2e}, "
+              f"ours (float32) {relative(our_latent, ref_latent64, scale):.2e}  (max abs diff / mean abs latent)")
     return ok
+
+
+def float64_run(ref, key, run, model, *args):
+    """The same reference run with the model and the eval module's casts in float64."""
+    set_reference_precision(ref.eval[key], torch.float64)
+    try:
+        return run(ref, Float64Model(copy.deepcopy(model).double()), *args)[0]
+    finally:
+        set_reference_precision(ref.eval[key], torch.float32)
 
 
 # ---- main ---------------------------------------------------------------------------------------------
@@ -470,7 +513,9 @@ def main(argv=None):
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (default: COMFYUI_PATH)")
     parser.add_argument("--workflows", type=Path, default=None,
                         help="folder of API workflows (default: workflows/api, else workflows)")
-    parser.add_argument("--text-workflow", default="lumix_text_to_intrinsic_api.json")
+    parser.add_argument("--text-workflow", nargs="+", default=["lumix_text_to_intrinsic_api.json"],
+                        help="text-to-maps API workflow(s) in --workflows (e.g. also "
+                             "lumix_composable_sampler_custom_advanced_api.json lumix_text_to_intrinsic_tools_api.json)")
     parser.add_argument("--photo-workflow", default="lumix_photo_decomposition_api.json")
     parser.add_argument("--photo-size", type=parse_size, default=(512, 384),
                         help="size of the 4:3 test photo, given to the workflow as its area budget and to the "
@@ -480,6 +525,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=None, help="default: the workflow's seed")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--only", choices=["text", "photo"], default=None)
+    parser.add_argument("--float64-reference", action="store_true",
+                        help="also run the reference in float64 and show both float32 runs' distance to it "
+                             "(the float32 rounding floor)")
     parser.add_argument("--insert-t5-min-length", type=int, default=None, metavar="N",
                         help="diagnostic: add a core T5TokenizerOptions node (min_length N) to a workflow that has none")
     args = parser.parse_args(argv)
@@ -511,25 +559,32 @@ def main(argv=None):
     all_ok = True
 
     if args.only in (None, "text"):
-        path = folder / args.text_workflow
-        wf = json.loads(path.read_text())
-        seed = args.seed if args.seed is not None else widget(wf, "LumiXSampler", "seed", widget(wf, "LumiXNoise", "seed", 42))
-        positive, _ = prompt_texts(wf)
         cfg = ref.config["t2m"]
         if args.steps:
             cfg["num_steps"] = args.steps
-        edits = {"LumiXTensorLoRALoader": {"lumix_name": "parity_lumix.safetensors"}}
-        if args.steps:
-            edits.update({k: {"steps": args.steps} for k in ("LumiXSampler", "LumiXReferenceSigmas", "BasicScheduler")})
-        if args.seed is not None:
-            edits.update({k: {"seed": args.seed, "noise_seed": args.seed} for k in ("LumiXSampler", "LumiXNoise")})
-        print(f"\ntext to maps: reference {cfg['width']}x{cfg['height']}, {cfg['num_steps']} steps, guidance "
-              f"{cfg['guidance']}, true CFG {cfg['true_gs']}, seed {seed}; ours: {path.name} as shipped")
-        ref_latent, ref_calls, ref_sigmas = reference_text_run(ref, model, seed, positive)
-        our_calls.clear(), our_decoded.clear()
-        run_workflow(comfy_nodes, path, replace, edits, args.insert_t5_min_length)
-        all_ok &= report(f"text to maps ({path.name})", ref_latent, ref_calls, ref_sigmas, our_decoded[0], list(our_calls),
-                         args.tolerance)
+        reference_runs = {}  # (seed, prompt) -> the reference's run, shared by workflows that agree on both
+        for name in args.text_workflow:
+            path = folder / name
+            wf = json.loads(path.read_text())
+            seed = args.seed if args.seed is not None else widget(wf, "LumiXSampler", "seed", widget(wf, "LumiXNoise", "seed", 42))
+            positive, _ = prompt_texts(wf)
+            edits = {"LumiXTensorLoRALoader": {"lumix_name": "parity_lumix.safetensors"}}
+            if args.steps:
+                edits.update({k: {"steps": args.steps} for k in ("LumiXSampler", "LumiXReferenceSigmas", "BasicScheduler")})
+            if args.seed is not None:
+                edits.update({k: {"seed": args.seed, "noise_seed": args.seed} for k in ("LumiXSampler", "LumiXNoise")})
+            print(f"\ntext to maps: reference {cfg['width']}x{cfg['height']}, {cfg['num_steps']} steps, guidance "
+                  f"{cfg['guidance']}, true CFG {cfg['true_gs']}, seed {seed}; ours: {path.name} as shipped")
+            if (seed, positive) not in reference_runs:
+                run = reference_text_run(ref, model, seed, positive)
+                latent64 = (float64_run(ref, "t2m", reference_text_run, model, seed, positive)
+                            if args.float64_reference else None)
+                reference_runs[seed, positive] = (*run, latent64)
+            ref_latent, ref_calls, ref_sigmas, latent64 = reference_runs[seed, positive]
+            our_calls.clear(), our_decoded.clear()
+            run_workflow(comfy_nodes, path, replace, edits, args.insert_t5_min_length)
+            all_ok &= report(f"text to maps ({path.name})", ref_latent, ref_calls, ref_sigmas, our_decoded[0],
+                             list(our_calls), args.tolerance, latent64)
 
     if args.only in (None, "photo"):
         path = folder / args.photo_workflow
@@ -553,12 +608,14 @@ def main(argv=None):
         print(f"\ndecomposition: a {width}x{height} photo (given as color), reference at {width}x{height}, {steps} steps "
               f"(guidance and CFG as its loop hard-codes them), seed {seed}; ours: {path.name} as shipped with area "
               f"budget {width}x{height}")
-        ref_latent, ref_calls, ref_sigmas = reference_photo_run(ref, model, seed, positive, Image.open(work / "input" / "parity_photo.png").convert("RGB"),
-                                                               width, height, steps)
+        ref_photo = Image.open(work / "input" / "parity_photo.png").convert("RGB")
+        ref_latent, ref_calls, ref_sigmas = reference_photo_run(ref, model, seed, positive, ref_photo, width, height, steps)
+        latent64 = (float64_run(ref, "cond", reference_photo_run, model, seed, positive, ref_photo, width, height, steps)
+                    if args.float64_reference else None)
         our_calls.clear(), our_decoded.clear()
         run_workflow(comfy_nodes, path, replace, edits, args.insert_t5_min_length)
         all_ok &= report(f"photo decomposition ({path.name})", ref_latent, ref_calls, ref_sigmas, our_decoded[0],
-                         list(our_calls), args.tolerance)
+                         list(our_calls), args.tolerance, latent64)
 
     print("\nall runs within tolerance" if all_ok else "\nat least one run DIFFERS from the reference")
     return 0 if all_ok else 1
