@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import copy
 import hashlib
 import importlib.util
@@ -42,6 +43,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -542,7 +544,8 @@ def main(argv=None):
     from safetensors.torch import save_file
 
     folder = args.workflows or (REPO / "workflows" / "api" if (REPO / "workflows" / "api").is_dir() else REPO / "workflows")
-    work = Path(tempfile.mkdtemp(prefix="lumix_parity_"))
+    work = Path(tempfile.mkdtemp(prefix="lumix_parity_"))  # checkpoint, photo and saved maps; removed at exit
+    atexit.register(shutil.rmtree, work, True)
     for sub in ("lumix", "input", "output"):
         (work / sub).mkdir()
     folder_paths.add_model_folder_path("lumix", str(work / "lumix"))
