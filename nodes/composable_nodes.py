@@ -68,11 +68,12 @@ class LumiXNoise(io.ComfyNode):
             description="Noise for SamplerCustomAdvanced as the reference draws it: one tensor per scene, "
                         "repeated for its five maps; scene s uses seed + s (the LumiX Intrinsic Sampler's noise).",
             inputs=[
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Scene s uses seed + s, as the LumiX Intrinsic Sampler."),
                 io.Boolean.Input("shared_noise", default=True,
                                  tooltip="Every map of a scene starts from the same noise, as the reference."),
             ],
-            outputs=[io.Noise.Output()],
+            outputs=[io.Noise.Output(tooltip="For SamplerCustomAdvanced's noise input.")],
         )
 
     @classmethod
@@ -95,7 +96,7 @@ class LumiXReferenceSigmas(io.ComfyNode):
                 io.Int.Input("height", default=512, min=16, max=8192, step=16, tooltip="Unused when a latent is connected."),
                 io.Latent.Input("latent", optional=True, tooltip="Take the size from this latent (set it once)."),
             ],
-            outputs=[io.Sigmas.Output()],
+            outputs=[io.Sigmas.Output(tooltip="For SamplerCustomAdvanced's sigmas input.")],
         )
 
     @classmethod

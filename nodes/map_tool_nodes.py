@@ -150,7 +150,8 @@ class LumiXRelight(io.ComfyNode):
                                tooltip="Ambient light: times the generated irradiance where connected, else white."),
                 io.Image.Input("irradiance", optional=True, tooltip="Optional irradiance map, used for the ambient term."),
             ],
-            outputs=[io.Image.Output("relit", display_name="image")],
+            outputs=[io.Image.Output("relit", display_name="image",
+                                     tooltip="The albedo lit by the light set here (sRGB).")],
         )
 
     @classmethod
@@ -188,8 +189,9 @@ class LumiXDepthColormap(io.ComfyNode):
             node_id="LumiXDepthColormap", display_name="LumiX Depth Colormap", category=categories.TOOLS,
             is_output_node=True,
             description="Shows a depth map in colour, normalised per image.",
-            inputs=[io.Image.Input("depth"),
-                    io.Combo.Input("colormap", options=list(COLORMAPS), default="turbo"),
+            inputs=[io.Image.Input("depth", tooltip="A depth map, e.g. the sampler's depth output."),
+                    io.Combo.Input("colormap", options=list(COLORMAPS), default="turbo",
+                                   tooltip="The colour scale the depth is shown with."),
                     # Second widget, where the former near_is_high toggle was (same values, same meaning), so
                     # saved UI workflows, whose widget values are positional, load unchanged.
                     io.Boolean.Input("near_points", default=True, label_on=NEAR_ON_TOP, label_off=NEAR_AT_BOTTOM,
@@ -198,7 +200,8 @@ class LumiXDepthColormap(io.ComfyNode):
                     io.Combo.Input("depth_convention", options=DEPTH_CONVENTIONS, default=DEPTH_CONVENTIONS[0],
                                    tooltip="How the depth image you connect encodes distance (not how it is shown). "
                                            f"LumiX depth: {ENCODINGS['depth']}.")],
-            outputs=[io.Image.Output("colored", display_name="image")],
+            outputs=[io.Image.Output("colored", display_name="image",
+                                     tooltip="The depth in colour, stretched to the full scale per image.")],
         )
 
     @classmethod
@@ -224,8 +227,9 @@ class LumiXNormalFlip(io.ComfyNode):
             is_output_node=True,
             description="Flips the green (y) axis of a normal map: LumiX writes OpenGL normals (+y up); "
                         "DirectX renderers (Unreal, 3ds Max) expect +y down.",
-            inputs=[io.Image.Input("normal")],
-            outputs=[io.Image.Output("flipped", display_name="normal")],
+            inputs=[io.Image.Input("normal", tooltip="A normal map (LumiX's normal output is OpenGL).")],
+            outputs=[io.Image.Output("flipped", display_name="normal",
+                                     tooltip="The same normals with the green (y) axis flipped.")],
         )
 
     @classmethod

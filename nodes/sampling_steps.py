@@ -46,8 +46,9 @@ RESIZE_TOOLTIP = ("How a given map is fitted to the sampled size: stretched to i
 
 # ---- checks and warnings -------------------------------------------------------------------------
 
-UNPATCHED_WARNING = ("LumiX: the model is not patched by a LumiX node, so the five maps are sampled independently "
-                     "and will NOT be aligned. Add 'LumiX Tensor LoRA Loader' between the model loader and the sampler.")
+# Short enough for the two lines the frontend's text box on the node shows without scrolling.
+UNPATCHED_WARNING = ("LumiX: model not patched, so the five maps will NOT be aligned. "
+                     "Add 'LumiX Tensor LoRA Loader' before the sampler.")
 
 
 def check_lumix_model(model) -> str | None:

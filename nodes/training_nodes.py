@@ -84,7 +84,8 @@ class LumiXTrainingDataset(io.ComfyNode):
                 io.String.Input("cache_folder", default="",
                                 tooltip="Where encoded latents/text go; empty: <folder>/.lumix_cache."),
             ],
-            outputs=[TrainingData.Output("dataset", display_name="dataset"),
+            outputs=[TrainingData.Output("dataset", display_name="dataset",
+                                         tooltip="The cached scenes, for the LumiX Trainer."),
                      io.String.Output("summary", tooltip="How many scenes were used and why others were skipped.")],
         )
 
@@ -189,8 +190,10 @@ class LumiXTrainer(io.ComfyNode):
                              tooltip="Every N steps, sample validation scenes and log map-consistency metrics (needs vae)."),
                 io.Vae.Input("vae", optional=True, tooltip="The FLUX VAE, for validation samples."),
                 io.Int.Input("validation_scenes", default=2, min=1, max=16, tooltip="The first N captions of the dataset."),
-                io.Int.Input("validation_size", default=256, min=64, max=1024, step=16),
-                io.Int.Input("validation_steps", default=12, min=1, max=100),
+                io.Int.Input("validation_size", default=256, min=64, max=1024, step=16,
+                             tooltip="Width and height of the validation samples (small: validation stays quick)."),
+                io.Int.Input("validation_steps", default=12, min=1, max=100,
+                             tooltip="Sampling steps of each validation sample."),
             ],
             outputs=[io.Model.Output(tooltip="The input model with the trained adapters (the input is left unchanged)."),
                      io.Image.Output("plot", tooltip="Loss and validation metrics over the steps."),

@@ -85,7 +85,7 @@ def note(node_id, pos, text, size=(360, 200)):
 
 # Columns of the layout (x of each column); rows are chosen per node so nothing overlaps and the
 # sampler and image nodes have room below them for their previews.
-COL_LOADERS, COL_MODEL, COL_GUIDE, COL_SAMPLER, COL_OUT = 40, 420, 880, 1230, 1650
+COL_TEXT, COL_LOADERS, COL_MODEL, COL_GUIDE, COL_SAMPLER, COL_OUT = -320, 40, 420, 880, 1230, 1650
 SAMPLER_SIZE = (380, 760)
 
 
@@ -95,7 +95,10 @@ def shared_nodes():
         Node(1, "UNETLoader", (COL_LOADERS, 80), (320, 82), "Load FLUX.1-dev",
              widgets={"unet_name": FLUX_UNET, "weight_dtype": "default"}, outputs=(("MODEL", "MODEL"),),
              models=(FLUX_UNET,)),
-        Node(2, "DualCLIPLoader", (COL_LOADERS, 330), (320, 130), "Load text encoders",
+        # The text chain runs left to right: text encoders (a column left of the other loaders), T5 padding
+        # in the loaders' column, then the prompts (a node fed from its own column is reached by a link that
+        # loops back behind the nodes of that column).
+        Node(2, "DualCLIPLoader", (COL_TEXT, 330), (320, 130), "Load text encoders",
              widgets={"clip_name1": CLIP_L, "clip_name2": T5XXL, "type": "flux", "device": "default"},
              outputs=(("CLIP", "CLIP"),), models=(CLIP_L, T5XXL)),
         Node(3, "VAELoader", (COL_LOADERS, 220), (320, 58), "Load FLUX VAE",
@@ -103,7 +106,7 @@ def shared_nodes():
         Node(4, "LumiXTensorLoRALoader", (COL_MODEL, 80), (330, 130), "LumiX Tensor LoRA Loader",
              widgets={"lumix_name": LUMIX_CHECKPOINT, "strength": 1.0, "query_broadcast": True},
              inputs={"model": (1, 0, "MODEL")}, outputs=(("MODEL", "MODEL"),)),
-        Node(5, "T5TokenizerOptions", (COL_MODEL, 280), (330, 82), "T5 padded to 512 tokens (as the reference)",
+        Node(5, "T5TokenizerOptions", (COL_LOADERS, 330), (340, 82), "T5 padded to 512 tokens (as the reference)",
              widgets={"min_padding": 0, "min_length": T5_MIN_LENGTH},
              inputs={"clip": (2, 0, "CLIP")}, outputs=(("CLIP", "CLIP"),)),
         Node(6, "CLIPTextEncode", (COL_MODEL, 410), (420, 170), POSITIVE_TITLE,
@@ -158,11 +161,12 @@ T5_NOTE = ("Text as the reference: 'T5 padded to 512 tokens' (core T5TokenizerOp
            "T5 prompt to 512 tokens as the reference does; ComfyUI pads FLUX's T5 to 256 by default, which "
            "changes the conditioning.")
 NOTE_POS, NOTE_SIZE = (COL_LOADERS, 850), (760, 300)
+MODEL_NOTE_POS, MODEL_NOTE_SIZE = (COL_LOADERS, 520), (320, 280)
 
 
 def text_to_intrinsic():
     return shared_nodes() + [sampler(3.0)] + savers() + [
-        note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
+        note(30, MODEL_NOTE_POS, MODEL_NOTE, MODEL_NOTE_SIZE),
         note(31, NOTE_POS,
              "LumiX defaults as the reference: 512x512, 50 steps, its schedule (the sampler's 'schedule: reference'), "
              "true CFG 3.0 with its negative prompt, FluxGuidance 3.5 on both prompts, the same noise for all five "
@@ -177,7 +181,7 @@ def photo_decomposition():
                 widgets={"image": "example.png"}, extra_ui_widgets={"image": "image"},
                 outputs=(("IMAGE", "IMAGE"), ("MASK", "MASK")))
     return shared_nodes() + [load, sampler(1.0, {"color": (11, 0, "IMAGE")})] + savers(skip=("color",)) + [
-        note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
+        note(30, MODEL_NOTE_POS, MODEL_NOTE, MODEL_NOTE_SIZE),
         note(31, NOTE_POS,
              "Photo decomposition as the reference: the photo is the color map, held clean (timestep 0) while "
              "albedo, irradiance, depth and normal are generated around it, with guidance 1.0 and no CFG "
@@ -219,7 +223,7 @@ def text_to_intrinsic_with_tools():
         preview(47, (x2, 880), 46, 0, "Depth (near = warm)"),
         Node(48, "LumiXSaveMaps", (x, 1280), (600, 560), "LumiX Save Maps",
              widgets={"filename_prefix": "LumiX/scene", "fov_degrees": 60.0}, inputs=dict(maps)),
-        note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
+        note(30, MODEL_NOTE_POS, MODEL_NOTE, MODEL_NOTE_SIZE),
         note(31, NOTE_POS,
              "Map tools (right of the sampler): the consistency node measures whether the maps agree; its report "
              "shows in 'Consistency report' to its right, then its heat maps (darker is better). Relight checks "
@@ -251,12 +255,12 @@ def composable_sampler_custom_advanced():
              inputs={"noise": (13, 0, "NOISE"), "guider": (16, 0, "GUIDER"), "sampler": (15, 0, "SAMPLER"),
                      "sigmas": (14, 0, "SIGMAS"), "latent_image": (12, 0, "LATENT")},
              outputs=(("output", "LATENT"), ("denoised_output", "LATENT"))),
-        Node(18, "LumiXSplitMaps", (x5, 560), (320, 150), "LumiX Split Maps",
+        Node(18, "LumiXSplitMaps", (x5 + 380, 80), (320, 150), "LumiX Split Maps",
              inputs={"latent": (17, 0, "LATENT"), "vae": (3, 0, "VAE")},
              outputs=tuple((name, "IMAGE") for name in MAP_NAMES)),
     ] + image_grid(20, "SaveImage", [(name, (18, i, "IMAGE")) for i, name in enumerate(MAP_NAMES)],
-                   x0=x5 + 380) + [
-        note(30, (COL_LOADERS, 520), MODEL_NOTE, (320, 280)),
+                   x0=x5 + 760) + [
+        note(30, MODEL_NOTE_POS, MODEL_NOTE, MODEL_NOTE_SIZE),
         note(31, NOTE_POS,
              "The composable route, exactly what the LumiX Intrinsic Sampler runs: LumiX Empty Latent (scenes x 5 "
              "maps), LumiX Noise (one noise per scene, shared by its maps), LumiX Reference Sigmas (the reference's "
@@ -283,24 +287,26 @@ def training_then_sampling():
     """Train a Tensor LoRA from a dataset folder, then sample with the trained MODEL (no released checkpoint)."""
     shared = [n for n in shared_nodes() if n.type != "LumiXTensorLoRALoader"]
     return shared + [
-        Node(12, "LumiXTrainingDataset", (COL_LOADERS, 520), (320, 220), "LumiX Training Dataset",
+        # The training row under the prompts, every link running left to right (a node fed from its own
+        # column is reached by a loop behind the nodes between); the notes go below it.
+        Node(12, "LumiXTrainingDataset", (COL_MODEL, 850), (320, 220), "LumiX Training Dataset",
              widgets={"folder": TRAINING_DATASET_FOLDER, "resolution": 512, "flip": False, "cache_folder": ""},
              inputs={"vae": (3, 0, "VAE"), "clip": (5, 0, "CLIP")},
              outputs=(("dataset", "LUMIX_TRAINING_DATA"), ("summary", "STRING"))),
-        Node(13, "LumiXTrainer", (COL_SAMPLER, 900), (380, 680), "LumiX Trainer", widgets=dict(TRAINER_WIDGETS),
+        Node(13, "LumiXTrainer", (COL_GUIDE, 850), (340, 680), "LumiX Trainer", widgets=dict(TRAINER_WIDGETS),
              inputs={"model": (1, 0, "MODEL"), "dataset": (12, 0, "LUMIX_TRAINING_DATA"), "vae": (3, 0, "VAE")},
              outputs=(("MODEL", "MODEL"), ("plot", "IMAGE"), ("report", "STRING"))),
-        preview(14, (COL_OUT, 900), 13, 1, "Loss and consistency metrics"),
+        preview(14, (COL_SAMPLER, 900), 13, 1, "Loss and consistency metrics"),
         sampler(3.0, {"model": (13, 0, "MODEL")}),
     ] + savers() + [
-        note(30, NOTE_POS,
+        note(30, (COL_LOADERS, 1130),
              f"Training data: ComfyUI/input/{TRAINING_DATASET_FOLDER}/ (or an absolute path), either\n"
              "- <map>/<id>_<map>.png with the map folders diffuse_reflectance, diffuse_illumination, color, depth, "
              "normal and captions in captions_blip2/<id>_color.json (the LumiX reference), or\n"
              "- one folder per scene with albedo/irradiance/color/depth/normal.png and lumix.json (LumiX Save "
              "Maps and the headless client write these).\nThe dataset node caches VAE latents and text embeddings "
              "in .lumix_cache/.\n\n" + T5_NOTE, NOTE_SIZE),
-        note(31, (COL_LOADERS, 1200),
+        note(31, (COL_LOADERS, 1480),
              f"The trainer writes models/lumix/{TRAINED_NAME}.safetensors (loads in the LumiX Tensor LoRA Loader) "
              f"and, in models/lumix/{TRAINED_NAME}_training/, step checkpoints, a resumable state, log.jsonl and "
              "plot.png. Cancel saves the state: queue again with resume on to continue. Its MODEL output feeds "

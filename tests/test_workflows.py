@@ -115,6 +115,28 @@ def test_no_two_nodes_overlap(ui_path):
             assert apart, f"{ui_path.name}: nodes {a[0]} and {b[0]} overlap"
 
 
+def backward_links(wf):
+    """Links whose input sits left of their source's right edge. LiteGraph draws such a link as a loop
+    back across the canvas, behind the source, the target and whatever stands between them."""
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    return [(link_id, src, dst) for link_id, src, _, dst, _, _ in wf["links"]
+            if nodes[dst]["pos"][0] < nodes[src]["pos"][0] + nodes[src]["size"][0]]
+
+
+@pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
+def test_every_link_runs_left_to_right(ui_path):
+    assert backward_links(load(ui_path)) == []
+
+
+def test_backward_link_check_can_fail():
+    # two nodes stacked in one column, the upper feeding the lower: the link loops back
+    node = lambda i, x, y: {"id": i, "pos": [x, y], "size": [300, 100]}  # noqa: E731
+    wf = {"nodes": [node(1, 0, 0), node(2, 0, 200)], "links": [[7, 1, 0, 2, 0, "CLIP"]]}
+    assert backward_links(wf) == [(7, 1, 2)]
+    wf["nodes"][1]["pos"][0] = 300  # the next column: a plain curve to the right
+    assert backward_links(wf) == []
+
+
 def test_overlap_check_can_fail():
     a, b = (1, 0, 0, 100, 100), (2, 90, 50, 200, 120)
     assert not (a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2])

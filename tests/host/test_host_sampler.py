@@ -225,6 +225,8 @@ def test_unpatched_model_runs_and_warns_in_the_ui(caplog, monkeypatch):
                            "simple", SIZE, SIZE, 1, True)
     assert "will NOT be aligned" in caplog.text
     assert len(fake.texts) == 1 and fake.texts[0][0] == "17" and "will NOT be aligned" in fake.texts[0][1]
+    # what to do is named, within the ~120 characters the node's text box shows without scrolling
+    assert "LumiX Tensor LoRA Loader" in fake.texts[0][1] and len(fake.texts[0][1]) <= 120
     assert len(out.result) == 6
 
 
