@@ -28,6 +28,16 @@ def load_extension():
     return comfy_nodes.NODE_CLASS_MAPPINGS
 
 
+@pytest.fixture
+def output_dir(tmp_path):
+    """ComfyUI's output directory set to the test's own folder (restored after); a test module uses it
+    by importing it."""
+    before = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(before)
+
+
 def extension_module():
     return sys.modules[str(REPO).replace(".", "_x_")]
 
