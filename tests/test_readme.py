@@ -1,4 +1,4 @@
-"""The README's node tables: every node of the extension has a row, and every table renders (a header
+"""The README's tables: every node of the extension and every shipped workflow has a row, and every table renders (a header
 and its separator before the rows, no blank line inside)."""
 import ast
 import re
@@ -51,3 +51,9 @@ def test_every_table_has_its_header_and_rows_of_the_same_width():
         assert re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", table[1]), f"no header separator under {table[0]}"
         widths = {line.count("|") - line.count("\\|") for line in table}
         assert len(widths) == 1, f"rows of different widths in the table under {table[0]}"
+
+
+def test_every_shipped_workflow_has_a_row_in_the_workflows_section():
+    listed = set(re.findall(r"^\| `([\w.]+\.json)` \|", section("Workflows"), re.M))
+    shipped = {p.name for p in (REPO / "workflows").glob("*.json")}
+    assert shipped and shipped == listed, f"README rows differ from workflows/: {sorted(shipped ^ listed)}"
