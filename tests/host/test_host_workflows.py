@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_host import DOUBLE, HIDDEN, REPO, SINGLE, comfy_nodes, folder_paths, load_extension
+from comfy_host import DOUBLE, HIDDEN, REPO, SINGLE, comfy_nodes, folder_paths, load_extension, output_dir  # noqa: F401  (output_dir: a fixture)
 from comfy_server import FIXTURE_LOADERS, FIXTURE_NODES, TINY_CHECKPOINT, with_fixture_models
 from tiny_flux import official_state_dict
 from workflow_files import FRONTEND_ONLY_TYPES, api_twin, load, ui_files, ui_widget_values
@@ -145,7 +145,7 @@ def reference_timesteps(width, height, steps):
 
 
 @pytest.fixture()
-def run_shipped(placeholder_models, tmp_path, tmp_path_factory):
+def run_shipped(placeholder_models, output_dir, tmp_path_factory):
     """Runs a shipped API workflow in this process with tiny models in place of the loaders."""
     comfy_nodes.NODE_CLASS_MAPPINGS["LumiXTestRecordingFlux"] = RecordingFlux
     import importlib.util
@@ -157,7 +157,6 @@ def run_shipped(placeholder_models, tmp_path, tmp_path_factory):
     save_file(official_state_dict(hidden=HIDDEN, R=4, double=DOUBLE, single=SINGLE, scale=0.5),
               str(lumix_dir / TINY_CHECKPOINT))
     folder_paths.add_model_folder_path("lumix", str(lumix_dir))
-    folder_paths.set_output_directory(str(tmp_path / "output"))
 
     def run(name, edit=None):
         prompt = load(REPO / "workflows" / "api" / f"{name}_api.json")
