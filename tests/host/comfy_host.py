@@ -14,7 +14,7 @@ import comfyui_version  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py, first on sys.path)
 from tiny_comfy import (  # noqa: E402,F401  (re-exported for the host tests)
-    CONTEXT, DOUBLE, HEADS, HIDDEN, SINGLE, VEC, TinyCLIP, TinyVAE, comfy_attention, conditioning, model_inputs,
+    CONTEXT, DOUBLE, HEADS, HIDDEN, SINGLE, VEC, CountingVAE, TinyCLIP, TinyVAE, comfy_attention, conditioning, model_inputs,
     randomize_, run_model, tiny_flux)
 
 COMFYUI_VERSION = comfyui_version.__version__
