@@ -6,47 +6,24 @@ and each answer is remembered until the file's size or modification time changes
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import struct
 
 from .checkpoint import ADAPTER_NAMES, BLOCK_KINDS, FACTOR_NAMES
+from .safetensors_header import header_bytes, parse_header
 
-# The safetensors format caps its header at 100 MB; anything larger is not safetensors.
-MAX_HEADER_BYTES = 100_000_000
 _LUMIX_KEY = re.compile(rf"(^|\.)({'|'.join(BLOCK_KINDS)})\.\d+\.processor\.({'|'.join(ADAPTER_NAMES)})"
                         rf"\.({'|'.join(FACTOR_NAMES)})$")
 # Every LumiX key holds this; a header without it is skipped before parsing its JSON.
 _MARKER = b"_tt_lora."
 
 
-def _header_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path}: too short for a safetensors header")
-        (length,) = struct.unpack("<Q", head)
-        if length > MAX_HEADER_BYTES:
-            raise ValueError(f"{path}: header length {length} is not that of a safetensors file")
-        raw = f.read(length)
-    if len(raw) < length:
-        raise ValueError(f"{path}: header cut off ({len(raw)} of {length} bytes)")
-    return raw
-
-
-def _parse(raw: bytes, path: str) -> dict:
-    header = json.loads(raw)  # ValueError (JSONDecodeError, UnicodeDecodeError) when not JSON
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: header is not a JSON object")
-    return header
-
-
 def read_header(path: str) -> dict:
-    """The JSON header of a safetensors file, without reading any tensor data.
+    """The JSON header of a safetensors file, without reading any tensor data (nor checking its
+    entries: the loader does that when the file is picked).
 
-    Raises OSError when the file cannot be read, ValueError when it is not safetensors."""
-    return _parse(_header_bytes(path), path)
+    Raises OSError when the file cannot be read, ValueError (HeaderError) when it is not safetensors."""
+    return parse_header(header_bytes(path)[0], os.path.basename(path))
 
 
 def has_lumix_keys(header: dict) -> bool:
@@ -57,8 +34,8 @@ def is_lumix_file(path: str) -> bool:
     """True when the file is safetensors with at least one LumiX key; False for anything else,
     unreadable or damaged files included (the loader reports those when one is picked)."""
     try:
-        raw = _header_bytes(path)
-        return _MARKER in raw and has_lumix_keys(_parse(raw, path))
+        raw = header_bytes(path)[0]
+        return _MARKER in raw and has_lumix_keys(parse_header(raw, os.path.basename(path)))
     except (OSError, ValueError):
         return False
 

@@ -140,24 +140,6 @@ def check_prefix(prefix: str) -> None:
                              f"({part[:20]}...); names may hold at most {MAX_NAME_BYTES} bytes here. Shorten it.")
 
 
-def new_folder(root: str, prefix: str) -> str:
-    """Create and return root/prefix_NNNNN with the first free number: nothing is ever overwritten."""
-    base = os.path.join(root, prefix)
-    parent = os.path.dirname(base)
-    os.makedirs(parent, exist_ok=True)
-    stem = os.path.basename(base)
-    taken = [int(n[len(stem) + 1:]) for n in os.listdir(parent)
-             if n.startswith(stem + "_") and n[len(stem) + 1:].isdigit()]
-    number = max(taken, default=0) + 1
-    while True:
-        path = f"{base}_{number:05d}"
-        try:
-            os.makedirs(path)
-            return path
-        except FileExistsError:  # another save took it meanwhile
-            number += 1
-
-
 def strict_json_value(value, path: str = "", replaced: list | None = None):
     """`value` with every non-finite float replaced by None (JSON has no NaN/Inf); the paths of the
     replaced numbers are appended to `replaced`. Tuples become lists; numpy/torch scalars become floats."""

@@ -75,16 +75,8 @@ def check_sampler_memory(width: int, height: int, scenes: int, cfg: float, devic
     memory = estimate_sampler_memory(width, height, scenes, cfg, **sizes)
     if fits(memory, device_free, host_free, shared):
         return memory
-    fitting_scenes = next((s for s in range(scenes - 1, 0, -1)
-                           if fits(estimate_sampler_memory(width, height, s, cfg, **sizes), device_free, host_free,
-                                   shared)), 0)
-    if fitting_scenes:
-        advice = f"Set scenes to {fitting_scenes} (and run several times), or make the images smaller."
-    else:
-        size = _largest_size(width, height, lambda w, h: fits(estimate_sampler_memory(w, h, 1, cfg, **sizes),
-                                                               device_free, host_free, shared))
-        advice = (f"Even one scene does not fit: set width x height to {size[0]}x{size[1]} or less."
-                  if size else "Not even one 16x16 scene fits: free memory (close other programs or models).")
+    advice = _advice(width, height, scenes, lambda w, h, s: fits(estimate_sampler_memory(w, h, s, cfg, **sizes),
+                                                                  device_free, host_free, shared))
     if shared:
         need = f"{(memory.host_bytes + memory.device_minimum_bytes) / GIB:.1f} GiB of memory"
         have = f"{host_free / GIB:.1f} GiB is free"
@@ -105,17 +97,22 @@ def check_latent_memory(width: int, height: int, scenes: int, host_free: int, **
     needed = need(width, height, scenes)
     if needed <= host_free:
         return needed
-    fitting_scenes = next((s for s in range(scenes - 1, 0, -1) if need(width, height, s) <= host_free), 0)
-    if fitting_scenes:
-        advice = f"Set scenes to {fitting_scenes} (and run several times), or make the images smaller."
-    else:
-        size = _largest_size(width, height, lambda w, h: need(w, h, 1) <= host_free)
-        advice = (f"Even one scene does not fit: set width x height to {size[0]}x{size[1]} or less."
-                  if size else "Not even one 16x16 scene fits: free memory (close other programs or models).")
+    advice = _advice(width, height, scenes, lambda w, h, s: need(w, h, s) <= host_free)
     raise SamplerMemoryError(
         f"LumiX: {scenes} scene(s) of {width}x{height} ({scenes * MAP_COUNT} maps) need at least "
         f"{needed / GIB:.1f} GiB of system memory for their latents and decoded maps (the model's own "
         f"memory not counted), but only {host_free / GIB:.1f} GiB is free. {advice}")
+
+
+def _advice(width: int, height: int, scenes: int, fits_run) -> str:
+    """What would fit, for a run of `scenes` that does not: fewer scenes, else a smaller size, else
+    nothing. fits_run(width, height, scenes) says whether a run fits."""
+    fitting_scenes = next((s for s in range(scenes - 1, 0, -1) if fits_run(width, height, s)), 0)
+    if fitting_scenes:
+        return f"Set scenes to {fitting_scenes} (and run several times), or make the images smaller."
+    size = _largest_size(width, height, lambda w, h: fits_run(w, h, 1))
+    return (f"Even one scene does not fit: set width x height to {size[0]}x{size[1]} or less."
+            if size else "Not even one 16x16 scene fits: free memory (close other programs or models).")
 
 
 def _largest_size(width, height, fits_one) -> tuple[int, int] | None:

@@ -26,8 +26,8 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def read_header(path: str) -> tuple[dict, int]:
-    """(header dict, bytes of tensor data) of a safetensors file, every entry checked."""
+def header_bytes(path: str) -> tuple[bytes, int]:
+    """(the raw JSON header, the file's size in bytes), the header's length checked against the file."""
     size = os.path.getsize(path)
     name = os.path.basename(path)
     with open(path, "rb") as f:
@@ -41,7 +41,12 @@ def read_header(path: str) -> tuple[dict, int]:
                 f"{name} is not a safetensors file (or its header is cut off): its first bytes give a header "
                 f"of {header_len} bytes in a {size}-byte file. Use the .safetensors file of the LumiX release, "
                 "not a .ckpt/.bin/.pt file.")
-        raw = f.read(header_len)
+        return f.read(header_len), size
+
+
+def parse_header(raw: bytes, name: str) -> dict:
+    """The header's JSON object; HeaderError for anything else (deep nesting included, which json
+    answers with RecursionError)."""
     try:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -51,8 +56,15 @@ def read_header(path: str) -> tuple[dict, int]:
     if not isinstance(header, dict):
         raise HeaderError(f"{name} is not a safetensors file (its header is a JSON {type(header).__name__}, "
                           "not an object). Use the .safetensors file of the LumiX release.")
-    data_len = size - 8 - header_len
-    check_entries(header, data_len, name)
+    return header
+
+
+def read_header(path: str) -> tuple[dict, int]:
+    """(header dict, bytes of tensor data) of a safetensors file, every entry checked."""
+    raw, size = header_bytes(path)
+    header = parse_header(raw, os.path.basename(path))
+    data_len = size - 8 - len(raw)
+    check_entries(header, data_len, os.path.basename(path))
     return header, data_len
 
 

@@ -22,9 +22,10 @@ import torch
 
 from ..lumix_core import LumiXCheckpoint, TensorLoRA, load_checkpoint
 from ..lumix_core.checkpoint import AdapterFactors
+from ..lumix_core.safetensors_header import MAX_HEADER_BYTES
 from .adapter_memory import adapter_model
 
-_SAMPLES, _SAMPLE_BYTES, _MAX_HEADER = 16, 4096, 100_000_000
+_SAMPLES, _SAMPLE_BYTES = 16, 4096
 
 
 def content_fingerprint(path: str) -> str:
@@ -35,7 +36,7 @@ def content_fingerprint(path: str) -> str:
         head = f.read(8)
         digest.update(head)
         header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        digest.update(f.read(min(header_len, size, _MAX_HEADER)))
+        digest.update(f.read(min(header_len, size, MAX_HEADER_BYTES)))
         start = 8 + min(header_len, size)
         span = max(size - start - _SAMPLE_BYTES, 0)
         for i in range(_SAMPLES):

@@ -16,8 +16,8 @@ from . import categories
 from .memory_guard import check_latent_host_memory, check_memory
 from .sampling_steps import (
     HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
-    SCHEDULE_REFERENCE, SceneNoise, check_given_maps, check_run_size, check_lumix_model, decode_maps, empty_latent, hold_given_maps,
-    latent_size, prepare_given_map, sampling_sigmas, warn_user)
+    SCHEDULE_REFERENCE, SceneNoise, check_given_maps, check_lumix_model, check_multiple_of_16, check_run_size, decode_maps,
+    empty_latent, hold_given_maps, latent_size, prepare_given_map, sampling_sigmas, warn_user)
 
 
 class LumiXEmptyLatent(io.ComfyNode):
@@ -52,8 +52,7 @@ class LumiXEmptyLatent(io.ComfyNode):
             photo = check_given_map("photo", photo)
             width, height = size_for_photo(photo.shape[2], photo.shape[1], area_width, area_height)
         check_run_size(width, height, scenes)
-        if width % 16 or height % 16:
-            raise ValueError(f"LumiX: width and height must be multiples of 16 (got {width}x{height}).")
+        check_multiple_of_16(width, height)
         check_latent_host_memory(width, height, scenes)  # before allocating, as the sampler's guard
         return io.NodeOutput({"samples": empty_latent(16, width, height, scenes)})
 

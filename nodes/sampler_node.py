@@ -18,8 +18,8 @@ from . import categories
 from .memory_guard import check_memory
 from .sampling_steps import (
     HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
-    SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_run_size, check_lumix_model, decode_maps, empty_latent,
-    five_map_callback, hold_given_maps, prepare_given_map, resize_maps, sampling_sigmas, warn_user)
+    SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_lumix_model, check_multiple_of_16, check_run_size,
+    decode_maps, empty_latent, five_map_callback, hold_given_maps, prepare_given_map, resize_maps, sampling_sigmas, warn_user)
 
 SIZE_FROM_GIVEN = "from the given map (aspect kept, area budget)"
 SIZE_EXPLICIT = "width x height"
@@ -39,9 +39,7 @@ def _check_inputs(model, width, height, scenes, given):
     warning = check_lumix_model(model)
     check_run_size(width, height, scenes)
     check_given_maps(given, scenes)
-    if width % 16 or height % 16:
-        raise ValueError(f"LumiX: width and height must be multiples of 16 (got {width}x{height}); "
-                         f"try {round(width / 16) * 16}x{round(height / 16) * 16}.")
+    check_multiple_of_16(width, height)
     return warning
 
 

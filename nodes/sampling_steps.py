@@ -100,6 +100,13 @@ def check_run_size(width: int, height: int, scenes: int) -> None:
                          "of 16; a value linked from another node skips the widget's minimum).")
 
 
+def check_multiple_of_16(width: int, height: int) -> None:
+    """Refuses sides a FLUX latent cannot hold (8x VAE downsampling, 2x2 patches), suggesting the nearest."""
+    if width % 16 or height % 16:
+        raise ValueError(f"LumiX: width and height must be multiples of 16 (got {width}x{height}); "
+                         f"try {round(width / 16) * 16}x{round(height / 16) * 16}.")
+
+
 def empty_latent(channels: int, width: int, height: int, scenes: int) -> torch.Tensor:
     """Zeros [scenes * 5, C, height/8, width/8], map index fastest."""
     return torch.zeros((scenes * MAP_COUNT, channels, height // 8, width // 8))

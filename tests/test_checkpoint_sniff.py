@@ -45,6 +45,16 @@ def test_other_and_unreadable_files_are_not(files, name):
     assert is_lumix_file(str(files / name)) is False
 
 
+def test_a_deeply_nested_header_is_not_lumix_rather_than_a_crash(tmp_path):
+    # json answers deep nesting with RecursionError, not ValueError; the loader's menu must not fail on it
+    blob = b'{"double_blocks.0.processor.kv_tt_lora.G1": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    path = tmp_path / "nested.safetensors"
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob)
+    assert is_lumix_file(str(path)) is False
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_header(str(path))
+
+
 def test_the_header_is_read_without_the_tensor_data(tmp_path):
     # a header whose tensor data is absent entirely: a full load would fail, the header read does not
     key = "single_blocks.7.processor.proj_tt_lora.G3"

@@ -1,6 +1,5 @@
 """Files and scene folders are complete or absent; lumix.json is strict JSON (issue 10, items 3 and 8)."""
 import errno
-import json
 import math
 import os
 
@@ -8,47 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from disk_faults import FullDisk, strict_loads
 from lumix_core import export
 from lumix_core.export import (atomic_path, saveable_map, scene_folder, sidecar_json, write_bytes, write_png16,
                                write_sidecar)
-
-
-class FullDisk:
-    """open_for_writing replacement: files accept `limit` bytes in all, then ENOSPC (after a partial write)."""
-
-    def __init__(self, limit):
-        self.left = limit
-
-    def __call__(self, path):
-        return _Limited(open(path, "xb"), self)
-
-
-class _Limited:
-    def __init__(self, f, disk):
-        self.f, self.disk = f, disk
-
-    def write(self, data):
-        if len(data) > self.disk.left:
-            self.f.write(data[:self.disk.left])
-            self.disk.left = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.disk.left -= len(data)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
-def strict_loads(text):
-    def refuse(token):
-        raise ValueError(f"non-standard JSON token {token}")
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_full_disk_leaves_no_file_under_its_name(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from lumix_core import maps as registry
 from lumix_core.conventions import (decode_depth, decode_normals, encode_normals, flip_normal_y, linear_to_srgb,
                                     srgb_to_linear)
 from lumix_core.display import COLORMAPS, apply_colormap, colorize_depth
-from lumix_core.export import exr_available, linear_channels, new_folder, to_uint16, write_exr, write_png16, write_sidecar
+from lumix_core.export import exr_available, linear_channels, scene_folder, to_uint16, write_exr, write_png16, write_sidecar
 from lumix_core.metrics import consistency, geometric_residual, normals_from_depth, photometric_residual, structural_alignment
 from lumix_core.relight import light_direction, parse_hex_color, relight
 from synthetic_scene import AMBIENT, COLOR_SCALE, FOV, scene, shift
@@ -203,12 +203,16 @@ def test_exr_reads_back_bit_exact(tmp_path, sc):
     assert np.allclose(albedo, sc["albedo_linear"].numpy(), atol=1e-6)  # EXR colour maps are linear
 
 
-def test_new_folder_never_overwrites(tmp_path):
-    first = new_folder(str(tmp_path), "LumiX/scene")
-    second = new_folder(str(tmp_path), "LumiX/scene")
+def test_scene_folders_never_overwrite(tmp_path):
+    def save():
+        with scene_folder(str(tmp_path), "LumiX/scene") as scene:
+            pass
+        return scene.path
+    first = save()
+    second = save()
     assert first.endswith("scene_00001") and second.endswith("scene_00002")
     (tmp_path / "LumiX" / "scene_00007").mkdir()
-    assert new_folder(str(tmp_path), "LumiX/scene").endswith("scene_00008")
+    assert save().endswith("scene_00008")
     write_sidecar(first + "/lumix.json", {"seed": 1})
     with pytest.raises(FileExistsError):
         write_sidecar(first + "/lumix.json", {"seed": 2})

@@ -1,11 +1,10 @@
 """Host-free checks of the shipped workflows: parse, links, twins agree, our node types exist."""
-import ast
 import sys
 from pathlib import Path
 
 import pytest
 
-from workflow_files import FRONTEND_ONLY_TYPES, api_twin, load, ui_files, ui_widget_values
+from workflow_files import FRONTEND_ONLY_TYPES, api_twin, load, our_node_ids, ui_files, ui_widget_values
 
 REPO = Path(__file__).resolve().parents[1]
 # Widget order of the stock ComfyUI nodes the workflows use (from ComfyUI's INPUT_TYPES); the
@@ -44,16 +43,6 @@ WIDGETS = {
                      "validate_every", "validation_scenes", "validation_size", "validation_steps"],
 }
 TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its stored pos
-
-
-def our_node_ids():
-    """node_id="..." literals of the extension's io.Schema definitions."""
-    ids = set()
-    for path in (REPO / "nodes").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.keyword) and node.arg == "node_id" and isinstance(node.value, ast.Constant):
-                ids.add(node.value.value)
-    return ids
 
 
 def test_folder_layout_ui_files_on_top_api_twins_below():

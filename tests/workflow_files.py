@@ -1,4 +1,5 @@
-"""Reading the shipped workflow files for tests: UI widgets by name, links, API twins."""
+"""Reading the shipped workflow files for tests: UI widgets by name, links, API twins; the extension's node ids."""
+import ast
 import json
 from pathlib import Path
 
@@ -7,6 +8,16 @@ FRONTEND_ONLY_TYPES = {"Note", "MarkdownNote"}
 # Widgets the frontend adds after a widget, present in UI widgets_values but not in the API format.
 UI_ONLY_AFTER = {("LumiXSampler", "seed"): "control_after_generate", ("KSampler", "seed"): "control_after_generate",
                  ("LumiXNoise", "seed"): "control_after_generate", ("LoadImage", "image"): "upload"}
+
+
+def our_node_ids():
+    """node_id="..." literals of the extension's io.Schema definitions (read from nodes/, no import)."""
+    ids = set()
+    for path in (WORKFLOW_DIR.parent / "nodes").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "node_id" and isinstance(node.value, ast.Constant):
+                ids.add(node.value.value)
+    return ids
 
 
 def ui_files():

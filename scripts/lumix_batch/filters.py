@@ -17,11 +17,6 @@ def metric(metrics: dict, path: tuple[str, str]):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def key_values(metrics: dict) -> dict:
-    """The three headline numbers (None where not computed), for the manifest."""
-    return {name.split("_", 1)[1]: metric(metrics, path) for name, (path, _, _) in THRESHOLDS.items()}
-
-
 def judge(metrics: dict, limits: dict) -> list[str]:
     """Reasons the scene fails the given limits (empty: it passes). A metric that was not computed
     (NaN or missing) fails its limit: the filter keeps only scenes it could check."""

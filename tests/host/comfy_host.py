@@ -14,7 +14,7 @@ import comfyui_version  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py, first on sys.path)
 from tiny_comfy import (  # noqa: E402,F401  (re-exported for the host tests)
-    CONTEXT, DOUBLE, HEADS, HIDDEN, SINGLE, VEC, TinyCLIP, TinyVAE, comfy_attention, conditioning, model_inputs,
+    CONTEXT, DOUBLE, HEADS, HIDDEN, SINGLE, VEC, CountingVAE, TinyCLIP, TinyVAE, comfy_attention, conditioning, model_inputs,
     randomize_, run_model, tiny_flux)
 
 COMFYUI_VERSION = comfyui_version.__version__
@@ -26,6 +26,16 @@ def load_extension():
         ok = asyncio.run(comfy_nodes.load_custom_node(str(REPO)))
         assert ok, "ComfyUI failed to load the LumiX extension (see the log above)"
     return comfy_nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    """ComfyUI's output directory set to the test's own folder (restored after); a test module uses it
+    by importing it."""
+    before = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(before)
 
 
 def extension_module():

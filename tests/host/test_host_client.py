@@ -2,20 +2,15 @@
 (the fixture nodes of server_fixture/ stand in for FLUX, CLIP and the VAE): a run over both servers
 completes and resumes, photo mode is pixel-aligned, missing models are listed at once."""
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 
 import pytest
 
-from comfy_host import COMFYUI, DOUBLE, HIDDEN, REPO, SINGLE  # skips this module without ComfyUI
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from tiny_flux import official_state_dict  # noqa: E402
+from comfy_host import REPO  # skips this module without ComfyUI
+from comfy_server import TINY_CHECKPOINT, start_server, stop_server, wait_ready, with_fixture_models  # noqa: E402
 
 CLIENT = REPO / "scripts" / "lumix_client.py"
 sys.path.insert(0, str(REPO / "scripts"))
@@ -23,42 +18,6 @@ from lumix_batch.workflow import PHOTO_WORKFLOW, TEXT_WORKFLOW, shipped_workflow
 
 MAPS = ["albedo", "irradiance", "color", "depth", "normal"]
 TINY = ["--width", "64", "--height", "64", "--steps", "2"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(base):
-    (base / "custom_nodes").mkdir(parents=True)
-    os.symlink(REPO, base / "custom_nodes" / "comfyui-lumix")
-    os.symlink(REPO / "tests" / "host" / "server_fixture" / "lumix_test_fixtures", base / "custom_nodes" / "lumix_test_fixtures")
-    (base / "models" / "lumix").mkdir(parents=True)
-    save_file(official_state_dict(hidden=HIDDEN, R=4, double=DOUBLE, single=SINGLE, scale=0.5),
-              str(base / "models" / "lumix" / "tiny_lumix.safetensors"))
-    port = free_port()
-    cmd = [sys.executable, str(COMFYUI / "main.py"), "--base-directory", str(base), "--listen", "127.0.0.1",
-           "--port", str(port), "--disable-auto-launch"]
-    if not torch.cuda.is_available():
-        cmd.append("--cpu")
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=str(COMFYUI), stdout=log, stderr=subprocess.STDOUT)
-    return {"proc": proc, "log": log, "address": f"127.0.0.1:{port}", "base": base}
-
-
-def wait_ready(server):
-    deadline = time.time() + 240
-    while True:
-        try:
-            urllib.request.urlopen(f"http://{server['address']}/system_stats", timeout=2).read()
-            return
-        except OSError:
-            if server["proc"].poll() is not None or time.time() > deadline:
-                server["proc"].kill()
-                pytest.fail(f"ComfyUI did not start: {(server['base'] / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +30,13 @@ def servers(tmp_path_factory):
         t.join()
     yield made
     for s in made:
-        s["proc"].terminate()
-    for s in made:
-        try:
-            s["proc"].wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            s["proc"].kill()
-        s["log"].close()
+        stop_server(s)
 
 
 def tiny_workflow(name, tmp_path):
     """A shipped API workflow with the fixture nodes in place of the model files."""
-    wf = json.loads(open(shipped_workflow(name)).read())
-    replace = {"UNETLoader": "LumiXTestTinyFlux", "DualCLIPLoader": "LumiXTestTinyCLIP", "VAELoader": "LumiXTestTinyVAE"}
-    for node in wf.values():
-        if node["class_type"] in replace:
-            node["class_type"], node["inputs"] = replace[node["class_type"]], {}
-        if node["class_type"] == "LumiXTensorLoRALoader":
-            node["inputs"]["lumix_name"] = "tiny_lumix.safetensors"
     path = tmp_path / f"{name}_tiny.json"
-    path.write_text(json.dumps(wf))
+    path.write_text(json.dumps(with_fixture_models(json.loads(open(shipped_workflow(name)).read()))))
     return path
 
 
@@ -100,6 +46,18 @@ def run_client(*args):
 
 def logs(servers):
     return "".join((s["base"] / "server.log").read_text()[-1500:] for s in servers)
+
+
+def test_object_info_lists_the_lumix_nodes(servers):
+    info = json.loads(urllib.request.urlopen(f"http://{servers[0]['address']}/object_info").read())
+    for key, name in (("LumiXTensorLoRALoader", "LumiX Tensor LoRA Loader"),
+                      ("LumiXQueryBroadcast", "LumiX Query-Broadcast Attention"),
+                      ("LumiXSampler", "LumiX Intrinsic Sampler"), ("LumiXConsistency", "LumiX Map Consistency"),
+                      ("LumiXRelight", "LumiX Relight"), ("LumiXSaveMaps", "LumiX Save Maps"),
+                      ("LumiXDepthColormap", "LumiX Depth Colormap"),
+                      ("LumiXNormalFlip", "LumiX Normal OpenGL <-> DirectX")):
+        assert info[key]["display_name"] == name
+    assert TINY_CHECKPOINT in info["LumiXTensorLoRALoader"]["input"]["required"]["lumix_name"][1]["options"]
 
 
 def test_two_servers_complete_and_resume(servers, tmp_path):

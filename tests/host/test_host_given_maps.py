@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from comfy_host import TinyVAE, conditioning, load_extension, tiny_lumix_model  # first: skips without ComfyUI
+from comfy_host import CountingVAE, conditioning, load_extension, tiny_lumix_model  # first: skips without ComfyUI
 
 # The extension is loaded under ComfyUI's module name, so its GivenMapError is not lumix_core's: match ValueError.
 
@@ -16,16 +16,6 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def lumix_model(tmp_path_factory):
     return tiny_lumix_model(tmp_path_factory.mktemp("lumix_given_maps"), "given_maps_lumix.safetensors")
-
-
-class CountingVAE(TinyVAE):
-    def __init__(self):
-        super().__init__()
-        self.encoded = 0
-
-    def encode(self, pixels):
-        self.encoded += 1
-        return super().encode(pixels)
 
 
 def sample(model, vae, scenes=1, **maps):
@@ -44,7 +34,7 @@ def test_one_nan_pixel_is_refused_before_encoding(lumix_model):
     vae = CountingVAE()
     with pytest.raises(ValueError, match="color map of scene 2 of 2.*non-finite"):
         sample(lumix_model, vae, scenes=2, color=color)
-    assert vae.encoded == 0
+    assert vae.calls == 0
 
 
 def test_inf_in_given_depth_is_refused(lumix_model):
@@ -80,4 +70,4 @@ def test_degenerate_sizes_are_refused_clearly(lumix_model, shape):
     vae = CountingVAE()
     with pytest.raises(ValueError, match="at least 16 pixels on each side"):
         sample(lumix_model, vae, color=torch.rand(shape))
-    assert vae.encoded == 0
+    assert vae.calls == 0

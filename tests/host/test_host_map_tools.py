@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_host import TinyVAE, conditioning, folder_paths, load_extension, tiny_lumix_model
+from comfy_host import TinyVAE, conditioning, load_extension, output_dir, tiny_lumix_model  # noqa: F401  (output_dir: a fixture)
 from lumix_core import MAP_NAMES  # noqa: E402
 from lumix_core.export import exr_available  # noqa: E402
 from synthetic_scene import FOV, scene, shift  # noqa: E402
@@ -20,14 +20,6 @@ def sampled(tmp_path_factory):
     out = NODES["LumiXSampler"].execute(model, conditioning(1), conditioning(2), TinyVAE(), 5, 2, 1.0, "euler",
                                         "simple", 64, 64, 2, True).result
     return dict(zip(MAP_NAMES, out[:5]))
-
-
-@pytest.fixture
-def output_dir(tmp_path):
-    before = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_output_directory(before)
 
 
 def test_tool_nodes_are_registered():

@@ -10,11 +10,10 @@ import time
 import pytest
 import torch
 
-from comfy_host import TinyVAE, conditioning, load_extension, tiny_lumix_model  # first: skips without ComfyUI
+from comfy_host import TinyVAE, conditioning, load_extension, output_dir, tiny_lumix_model  # noqa: F401  (first: skips without ComfyUI; output_dir is a fixture)
 
 import comfy.model_management  # noqa: E402
 import comfy.samplers  # noqa: E402
-import folder_paths  # noqa: E402
 
 NODES = load_extension()
 SIZE = 32
@@ -24,14 +23,6 @@ MAPS = ("albedo", "irradiance", "color", "depth", "normal")
 @pytest.fixture(scope="module")
 def lumix_model(tmp_path_factory):
     return tiny_lumix_model(tmp_path_factory.mktemp("lumix_redteam"), "redteam_lumix.safetensors")
-
-
-@pytest.fixture
-def output_dir(tmp_path):
-    before = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_output_directory(before)
 
 
 def image(n=1, h=SIZE, w=SIZE, c=3, seed=3):

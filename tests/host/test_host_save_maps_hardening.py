@@ -1,7 +1,6 @@
 """LumiX Save Maps: a scene folder is complete or absent (full disk, odd inputs), lumix.json is strict
 JSON and non-finite maps are reported in the UI (issue 10, items 3 and 8)."""
 import errno
-import json
 import os
 import sys
 
@@ -9,21 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_host import folder_paths, load_extension  # first: skips this module where there is no ComfyUI
+from comfy_host import load_extension, output_dir  # noqa: F401  (first: skips without ComfyUI; output_dir: a fixture)
 from lumix_core import MAP_NAMES  # noqa: E402
+from disk_faults import FullDisk, strict_loads  # noqa: E402
 from synthetic_scene import FOV, scene  # noqa: E402
 
 NODES = load_extension()
 Save = NODES["LumiXSaveMaps"]
 EXPORT = sys.modules[Save.__module__.replace("nodes.map_tool_nodes", "lumix_core.export")]
-
-
-@pytest.fixture
-def output_dir(tmp_path):
-    before = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_output_directory(before)
 
 
 @pytest.fixture(scope="module")
@@ -32,42 +24,8 @@ def maps():
     return {name: torch.stack([one[name].float(), one[name].flip(1).float()]) for name in MAP_NAMES}
 
 
-class Disk:
-    """open_for_writing replacement: counts bytes; with a limit, raises ENOSPC after that many."""
-
-    def __init__(self, limit=None):
-        self.limit, self.written = limit, 0
-
-    def __call__(self, path):
-        return _File(open(path, "xb"), self)
-
-
-class _File:
-    def __init__(self, f, disk):
-        self.f, self.disk = f, disk
-
-    def write(self, data):
-        if self.disk.limit is not None and self.disk.written + len(data) > self.disk.limit:
-            self.f.write(data[:self.disk.limit - self.disk.written])
-            self.disk.written = self.disk.limit
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.disk.written += len(data)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def strict_json(path):
-    def refuse(token):
-        raise ValueError(f"non-standard JSON token {token}")
-    return json.loads(path.read_text(), parse_constant=refuse)
+    return strict_loads(path.read_text())
 
 
 def assert_only_complete_scenes(root):
@@ -83,11 +41,11 @@ def assert_only_complete_scenes(root):
 
 @pytest.mark.parametrize("scene_fraction", [0.0, 0.5, 1.5])
 def test_full_disk_leaves_only_complete_scene_folders(output_dir, maps, monkeypatch, scene_fraction):
-    counter = Disk()
+    counter = FullDisk()
     monkeypatch.setattr(EXPORT, "open_for_writing", counter)
     Save.execute("measure/scene", FOV, **{n: m[:1] for n, m in maps.items()})
     one_scene = counter.written  # bytes of one scene through open_for_writing
-    monkeypatch.setattr(EXPORT, "open_for_writing", Disk(int(one_scene * scene_fraction)))
+    monkeypatch.setattr(EXPORT, "open_for_writing", FullDisk(int(one_scene * scene_fraction)))
     with pytest.raises(OSError, match="could not write scene .*No space left on device.*folder was removed") as err:
         Save.execute("LumiX/scene", FOV, **maps)
     assert err.value.errno == errno.ENOSPC

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from comfy_host import HIDDEN, TinyVAE, conditioning, load_extension, tiny_lumix_model  # first: skips without ComfyUI
+from comfy_host import HIDDEN, CountingVAE, TinyVAE, conditioning, load_extension, tiny_lumix_model  # first: skips without ComfyUI
 
 import comfy.model_management  # noqa: E402
 from lumix_core.memory_estimate import estimate_sampler_memory  # noqa: E402
@@ -19,20 +19,6 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def lumix_model(tmp_path_factory):
     return tiny_lumix_model(tmp_path_factory.mktemp("lumix_size_guard"), "size_guard_lumix.safetensors")
-
-
-class CountingVAE(TinyVAE):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def encode(self, pixels):
-        self.calls += 1
-        return super().encode(pixels)
-
-    def decode(self, latent):
-        self.calls += 1
-        return super().decode(latent)
 
 
 def run(model, vae, seed=0, scenes=1, size=SIZE, cfg=1.0, **maps):

@@ -1,19 +1,14 @@
-"""The shipped workflows and the headless client against a real ComfyUI."""
+"""The shipped workflows against a real ComfyUI: validated, their UI and API twins agree, and run in this process."""
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_host import COMFYUI, DOUBLE, HIDDEN, REPO, SINGLE, comfy_nodes, folder_paths, load_extension
+from comfy_host import DOUBLE, HIDDEN, REPO, SINGLE, comfy_nodes, folder_paths, load_extension, output_dir  # noqa: F401  (output_dir: a fixture)
+from comfy_server import FIXTURE_LOADERS, FIXTURE_NODES, TINY_CHECKPOINT, with_fixture_models
 from tiny_flux import official_state_dict
 from workflow_files import FRONTEND_ONLY_TYPES, api_twin, load, ui_files, ui_widget_values
 
@@ -95,78 +90,6 @@ def test_ui_workflow_types_known_and_widgets_match_the_api_twin(all_nodes, ui_pa
         assert [i["name"] for i in node["inputs"]] == socket_names(all_nodes[node["type"]]), node["type"]
 
 
-# ---- a real server on loopback ------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    (base / "custom_nodes").mkdir()
-    os.symlink(REPO, base / "custom_nodes" / "comfyui-lumix")
-    os.symlink(REPO / "tests" / "host" / "server_fixture" / "lumix_test_fixtures", base / "custom_nodes" / "lumix_test_fixtures")
-    (base / "models" / "lumix").mkdir(parents=True)
-    save_file(official_state_dict(hidden=HIDDEN, R=4, double=DOUBLE, single=SINGLE, scale=0.5),
-              str(base / "models" / "lumix" / "tiny_lumix.safetensors"))
-    port = free_port()
-    cmd = [sys.executable, str(COMFYUI / "main.py"), "--base-directory", str(base), "--listen", "127.0.0.1",
-           "--port", str(port), "--disable-auto-launch"]
-    if not torch.cuda.is_available():
-        cmd.append("--cpu")
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=str(COMFYUI), stdout=log, stderr=subprocess.STDOUT)
-    address = f"127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"http://{address}/system_stats", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"ComfyUI did not start: {(base / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
-    yield {"address": address, "base": base}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-def tiny_workflow(path, tmp_path):
-    """The shipped API workflow with the fixture nodes in place of the model files."""
-    wf = load(path)
-    replace = {"UNETLoader": "LumiXTestTinyFlux", "DualCLIPLoader": "LumiXTestTinyCLIP", "VAELoader": "LumiXTestTinyVAE"}
-    for node in wf.values():
-        if node["class_type"] in replace:
-            node["class_type"], node["inputs"] = replace[node["class_type"]], {}
-        if node["class_type"] == "LumiXTensorLoRALoader":
-            node["inputs"]["lumix_name"] = "tiny_lumix.safetensors"
-        if node["class_type"] in ("LumiXSampler", "LumiXEmptyLatent"):  # a photo's size: a tiny area budget
-            node["inputs"].update(area_width=64, area_height=64)
-    out = tmp_path / path.name
-    out.write_text(json.dumps(wf))
-    return out
-
-
-def test_object_info_lists_the_lumix_nodes(server):
-    info = json.loads(urllib.request.urlopen(f"http://{server['address']}/object_info").read())
-    for key, name in (("LumiXTensorLoRALoader", "LumiX Tensor LoRA Loader"),
-                      ("LumiXQueryBroadcast", "LumiX Query-Broadcast Attention"),
-                      ("LumiXSampler", "LumiX Intrinsic Sampler"), ("LumiXConsistency", "LumiX Map Consistency"),
-                      ("LumiXRelight", "LumiX Relight"), ("LumiXSaveMaps", "LumiX Save Maps"),
-                      ("LumiXDepthColormap", "LumiX Depth Colormap"),
-                      ("LumiXNormalFlip", "LumiX Normal OpenGL <-> DirectX")):
-        assert info[key]["display_name"] == name
-    assert "tiny_lumix.safetensors" in info["LumiXTensorLoRALoader"]["input"]["required"]["lumix_name"][1]["options"]
-
-
 def test_comfyui_reads_the_registry_metadata():
     from comfy_config import config_parser
     config = config_parser.extract_node_configuration(str(REPO))
@@ -222,30 +145,22 @@ def reference_timesteps(width, height, steps):
 
 
 @pytest.fixture()
-def run_shipped(placeholder_models, tmp_path, tmp_path_factory):
+def run_shipped(placeholder_models, output_dir, tmp_path_factory):
     """Runs a shipped API workflow in this process with tiny models in place of the loaders."""
     comfy_nodes.NODE_CLASS_MAPPINGS["LumiXTestRecordingFlux"] = RecordingFlux
     import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "lumix_test_fixtures", REPO / "tests" / "host" / "server_fixture" / "lumix_test_fixtures" / "__init__.py")
+    spec = importlib.util.spec_from_file_location("lumix_test_fixtures", FIXTURE_NODES / "__init__.py")
     fixtures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fixtures)
     comfy_nodes.NODE_CLASS_MAPPINGS.update(fixtures.NODE_CLASS_MAPPINGS)
     lumix_dir = tmp_path_factory.mktemp("lumix_models")
     save_file(official_state_dict(hidden=HIDDEN, R=4, double=DOUBLE, single=SINGLE, scale=0.5),
-              str(lumix_dir / "tiny_lumix.safetensors"))
+              str(lumix_dir / TINY_CHECKPOINT))
     folder_paths.add_model_folder_path("lumix", str(lumix_dir))
-    folder_paths.set_output_directory(str(tmp_path / "output"))
 
     def run(name, edit=None):
         prompt = load(REPO / "workflows" / "api" / f"{name}_api.json")
-        replace = {"UNETLoader": "LumiXTestRecordingFlux", "DualCLIPLoader": "LumiXTestTinyCLIP",
-                   "VAELoader": "LumiXTestTinyVAE"}
-        for node in prompt.values():
-            if node["class_type"] in replace:
-                node["class_type"], node["inputs"] = replace[node["class_type"]], {}
-            if node["class_type"] == "LumiXTensorLoRALoader":
-                node["inputs"]["lumix_name"] = "tiny_lumix.safetensors"
+        with_fixture_models(prompt, {**FIXTURE_LOADERS, "UNETLoader": "LumiXTestRecordingFlux"})
         if edit:
             edit(prompt)
         MODEL_CALLS.clear()

@@ -81,6 +81,22 @@ class TinyVAE:
         return patches.permute(0, 1, 4, 2, 5, 3).reshape(b, h8 * 8, w8 * 8, 3)
 
 
+class CountingVAE(TinyVAE):
+    """TinyVAE counting its encode and decode calls (`calls`): shows a refusal came before the VAE ran."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed)
+        self.calls = 0
+
+    def encode(self, pixels):
+        self.calls += 1
+        return super().encode(pixels)
+
+    def decode(self, latent):
+        self.calls += 1
+        return super().decode(latent)
+
+
 def conditioning(seed, tokens=4, guidance=3.5):
     """A CONDITIONING as CLIPTextEncode + FluxGuidance would give for the tiny model."""
     g = torch.Generator().manual_seed(seed)
