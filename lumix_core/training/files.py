@@ -23,6 +23,8 @@ def atomic_write(path: str, write) -> str:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # the bytes reach the disk before the final name does (power loss)
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
