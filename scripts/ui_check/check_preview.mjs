@@ -4,19 +4,12 @@
 // bypassed (an unpatched model) and screenshots the warning on the sampler node.
 // Start the server with --preview-method latent2rgb (or TAESD) so previews are drawn on the CPU.
 //   node check_preview.mjs http://127.0.0.1:8197 tiny_tools_workflow.json OUT [steps] [size]
-import { chromium } from "playwright-core";
+import { openPage } from "./browser.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
 const [server, workflowPath, out, steps = "40", size = "256"] = process.argv.slice(2);
-fs.mkdirSync(out, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
-const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
-const shot = (name) => page.screenshot({ path: path.join(out, name) });
+const { browser, page, shot } = await openPage(out);
 const summary = { midRun: [] };
 
 await page.goto(server, { waitUntil: "load" });

@@ -4,22 +4,12 @@
 //   node check_ui.mjs http://127.0.0.1:8199 tiny_tools_workflow.json OUT
 // Needs playwright-core (npm) and a system Chromium (CHROMIUM, default /usr/bin/chromium); it never
 // downloads a browser.
-import { chromium } from "playwright-core";
+import { openPage } from "./browser.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
 const [server, workflowPath, out] = process.argv.slice(2);
-fs.mkdirSync(out, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
-const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
-const consoleErrors = [];
-page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
-page.on("pageerror", (e) => consoleErrors.push(String(e)));
-const shot = (name) => page.screenshot({ path: path.join(out, name) });
+const { browser, page, consoleErrors, shot } = await openPage(out);
 const summary = {};
 
 await page.goto(server, { waitUntil: "load" });
