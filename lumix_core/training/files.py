@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 
 from ..checkpoint import save_checkpoint
+from ..export import atomic_path
 from .config import TrainConfig
 
 STATE_FORMAT = "lumix-training-state"
@@ -16,20 +16,13 @@ STATE_VERSION = 1
 
 
 def atomic_write(path: str, write) -> str:
-    """Call write(tmp_path), then rename tmp_path to `path`. Returns path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-    os.close(fd)
-    try:
+    """Call write(tmp_path) through export.atomic_path (renamed to `path` when complete, removed on
+    failure), the bytes synced to disk before the rename. Creates the folder. Returns path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp:
         write(tmp)
         with open(tmp, "rb") as f:  # the bytes reach the disk before the final name does (power loss)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
