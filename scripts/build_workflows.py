@@ -74,9 +74,29 @@ class Node:
     widgets: dict = field(default_factory=dict)  # widget name -> value, in the node's widget order
     inputs: dict = field(default_factory=dict)  # connected socket name -> (source node, source slot, type)
     outputs: tuple = ()  # (name, type) per output slot
-    extra_ui_widgets: dict = field(default_factory=dict)  # UI-only widget values: {after name: value}
+    extra_ui_widgets: dict = field(default_factory=dict)  # UI-only widget values: {after name: value}, e.g. upload
     color: str | None = None
     models: tuple = ()  # file names this loader needs (MODEL_FILES)
+
+
+# The frontend puts a "control after generate" widget after every INT input named seed or noise_seed and after
+# any input whose schema sets control_after_generate (tests/host/test_host_workflows.py checks this against
+# the real schemas); its value sits in widgets_values right after the seed's. "fixed": a run is repeatable.
+CONTROLLED_WIDGETS = ("seed", "noise_seed")
+CONTROL_AFTER_GENERATE = "fixed"
+
+
+def ui_widget_values(n):
+    """widgets_values as the frontend lays them out: each widget's value, then the values of the
+    widgets the frontend adds after it (control after generate, upload)."""
+    values = []
+    for name, value in n.widgets.items():
+        values.append(value)
+        if name in n.extra_ui_widgets:
+            values.append(n.extra_ui_widgets[name])
+        elif name in CONTROLLED_WIDGETS:
+            values.append(CONTROL_AFTER_GENERATE)
+    return values
 
 
 def note(node_id, pos, text, size=(360, 200)):
@@ -104,7 +124,7 @@ def shared_nodes():
         Node(3, "VAELoader", (COL_LOADERS, 220), (320, 58), "Load FLUX VAE",
              widgets={"vae_name": FLUX_VAE}, outputs=(("VAE", "VAE"),), models=(FLUX_VAE,)),
         Node(4, "LumiXTensorLoRALoader", (COL_MODEL, 80), (330, 130), "LumiX Tensor LoRA Loader",
-             widgets={"lumix_name": LUMIX_CHECKPOINT, "strength": 1.0, "query_broadcast": True},
+             widgets={"lumix_name": LUMIX_CHECKPOINT, "strength": 1.0, "query_broadcast": True, "adapter_dtype": "auto"},
              inputs={"model": (1, 0, "MODEL")}, outputs=(("MODEL", "MODEL"),)),
         Node(5, "T5TokenizerOptions", (COL_LOADERS, 330), (340, 82), "T5 padded to 512 tokens (as the reference)",
              widgets={"min_padding": 0, "min_length": T5_MIN_LENGTH},
@@ -133,8 +153,7 @@ def sampler(cfg, extra_inputs=None):
                          "schedule": "reference", "held_maps_guidance": "reference: guidance 1.0, no CFG",
                          "held_maps_size": "from the given map (aspect kept, area budget)",
                          "area_width": 1536, "area_height": 1152, "held_maps_resize": "stretch (as the reference)",
-                         "output_size": "sampled size"},
-                extra_ui_widgets={"seed": "fixed"}, inputs=inputs, outputs=SAMPLER_OUTPUTS)
+                         "output_size": "sampled size"}, inputs=inputs, outputs=SAMPLER_OUTPUTS)
 
 
 def image_grid(first_id, node_type, sources, prefix=SAVE_PREFIX, x0=COL_OUT, y0=80):
@@ -240,7 +259,7 @@ def composable_sampler_custom_advanced():
              widgets={"width": 512, "height": 512, "scenes": 1, "area_width": 1536, "area_height": 1152},
              outputs=(("LATENT", "LATENT"),)),
         Node(13, "LumiXNoise", (x, 300), (330, 106), "LumiX Noise",
-             widgets={"seed": 42, "shared_noise": True}, extra_ui_widgets={"seed": "fixed"},
+             widgets={"seed": 42, "shared_noise": True},
              outputs=(("NOISE", "NOISE"),)),
         Node(16, "CFGGuider", (x, 460), (330, 100), "CFG 3.0 (as the reference)",
              widgets={"cfg": 3.0}, inputs={"model": (4, 0, "MODEL"), "positive": (8, 0, "CONDITIONING"),
@@ -355,11 +374,7 @@ def to_ui(nodes):
             in_links[(n.id, name)] = link_id
     ui_nodes = []
     for order, n in enumerate(sorted(nodes, key=lambda n: n.id)):
-        widgets = []
-        for name, value in n.widgets.items():
-            widgets.append(value)
-            if name in n.extra_ui_widgets:
-                widgets.append(n.extra_ui_widgets[name])
+        widgets = ui_widget_values(n)
         entry = {
             "id": n.id, "type": n.type, "pos": list(n.pos), "size": list(n.size), "flags": {}, "order": order,
             "mode": 0,

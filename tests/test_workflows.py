@@ -18,7 +18,7 @@ WIDGETS = {
     "T5TokenizerOptions": ["min_padding", "min_length"],
     "SaveImage": ["filename_prefix"],
     "LoadImage": ["image"],
-    "LumiXTensorLoRALoader": ["lumix_name", "strength", "query_broadcast"],
+    "LumiXTensorLoRALoader": ["lumix_name", "strength", "query_broadcast", "adapter_dtype"],
     "LumiXSampler": ["seed", "steps", "cfg", "sampler_name", "scheduler", "width", "height", "scenes", "shared_noise",
                      "schedule", "held_maps_guidance", "held_maps_size", "area_width", "area_height",
                      "held_maps_resize", "output_size"],

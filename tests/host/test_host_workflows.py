@@ -43,6 +43,96 @@ def ordered_inputs(node_class):
             yield name, isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
 
 
+def widget_specs(node_class):
+    """(name, type or combo options, extra info) of every widget input, in the frontend's order."""
+    if hasattr(node_class, "GET_NODE_INFO_V1"):
+        info = node_class.GET_NODE_INFO_V1()
+        inputs, order = info["input"], info["input_order"]
+    else:
+        inputs = node_class.INPUT_TYPES()
+        order = {k: list(v) for k, v in inputs.items()}
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            spec = inputs[section][name]
+            kind = spec[0]
+            if isinstance(kind, list) or kind in WIDGET_TYPES:
+                extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if kind == "COMBO":  # V3 combos: options in the extra info
+                    kind = list(extra.get("options", []))
+                yield name, kind, extra
+
+
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+
+
+def frontend_extra_widget(name, kind, extra):
+    """The widget the frontend inserts after this one, as it decides (its rule for numOriginalWidgets:
+    control_after_generate, or an INT named seed/noise_seed; an image-upload combo gets an upload button)."""
+    if extra.get("control_after_generate") or (kind == "INT" and name in ("seed", "noise_seed")):
+        return "control"
+    if extra.get("image_upload"):
+        return "upload"
+    return None
+
+
+def widget_value_problems(node, node_class):
+    """Every widget value of a UI-format node checked against the node's schema as the frontend lays the
+    widgets out (the extra widgets included): a list of problems, empty when it fits."""
+    values, problems = list(node.get("widgets_values") or []), []
+    where = f"{node['type']} node {node['id']}"
+    for name, kind, extra in widget_specs(node_class):
+        if not values:
+            problems.append(f"{where}: no value for {name}")
+            break
+        value = values.pop(0)
+        if isinstance(kind, list):
+            if value not in kind:
+                problems.append(f"{where}: {name} = {value!r} is not one of its options")
+        elif kind == "INT" and (not isinstance(value, int) or isinstance(value, bool)):
+            problems.append(f"{where}: {name} = {value!r} is not an integer")
+        elif kind == "FLOAT" and (not isinstance(value, (int, float)) or isinstance(value, bool) or value != value):
+            problems.append(f"{where}: {name} = {value!r} is not a number")
+        elif kind == "BOOLEAN" and not isinstance(value, bool):
+            problems.append(f"{where}: {name} = {value!r} is not a boolean")
+        elif kind == "STRING" and not isinstance(value, str):
+            problems.append(f"{where}: {name} = {value!r} is not a string")
+        elif kind in ("INT", "FLOAT") and not (extra.get("min", value) <= value <= extra.get("max", value)):
+            problems.append(f"{where}: {name} = {value!r} is outside {extra.get('min')}..{extra.get('max')}")
+        added = frontend_extra_widget(name, kind, extra)
+        if added and not values:
+            problems.append(f"{where}: no value for the {added} widget after {name}")
+        elif added:
+            extra_value = values.pop(0)
+            if added == "control" and extra_value not in CONTROL_VALUES:
+                problems.append(f"{where}: the control widget after {name} holds {extra_value!r}")
+    if values:
+        problems.append(f"{where}: {len(values)} value(s) more than its widgets: {values!r}")
+    return problems
+
+
+@pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
+def test_every_widget_value_fits_its_schema_as_the_frontend_lays_it_out(all_nodes, placeholder_models, ui_path):
+    problems = []
+    for node in load(ui_path)["nodes"]:
+        if node["type"] not in FRONTEND_ONLY_TYPES:
+            problems += widget_value_problems(node, all_nodes[node["type"]])
+    assert problems == []
+
+
+def test_widget_value_check_catches_the_shifted_trainer_values(all_nodes, placeholder_models):
+    # the trainer as shipped before: no control value after seed, so every later value sits one slot early
+    trainer = next(n for n in load(ui_files()[0].parent / "lumix_train_then_sample.json")["nodes"]
+                   if n["type"] == "LumiXTrainer")
+    values = list(trainer["widgets_values"])
+    seed_slot = widget_names(all_nodes["LumiXTrainer"]).index("seed")
+    assert values[seed_slot + 1] == "fixed"
+    shifted = dict(trainer, widgets_values=values[:seed_slot + 1] + values[seed_slot + 2:])
+    problems = widget_value_problems(shifted, all_nodes["LumiXTrainer"])
+    assert any("no value for the control widget" in p or "is not" in p for p in problems), problems
+    out_of_range = dict(trainer, widgets_values=[*values[:seed_slot], -1, *values[seed_slot + 1:]])
+    assert any("seed = -1 is outside" in p for p in widget_value_problems(out_of_range, all_nodes["LumiXTrainer"]))
+
+
 def socket_names(node_class):
     return [name for name, is_widget in ordered_inputs(node_class) if not is_widget]
 
@@ -84,7 +174,9 @@ def test_ui_workflow_types_known_and_widgets_match_the_api_twin(all_nodes, ui_pa
         if node["type"] in FRONTEND_ONLY_TYPES:
             continue
         assert node["type"] in all_nodes, f"ComfyUI {node['type']} is unknown to this ComfyUI"
-        widgets = ui_widget_values(node, widget_names(all_nodes[node["type"]]))
+        extras = {name for name, kind, extra in widget_specs(all_nodes[node["type"]])
+                  if frontend_extra_widget(name, kind, extra)}
+        widgets = ui_widget_values(node, widget_names(all_nodes[node["type"]]), lambda name: name in extras)
         for name, value in widgets.items():
             assert api[str(node["id"])]["inputs"][name] == value
         assert [i["name"] for i in node["inputs"]] == socket_names(all_nodes[node["type"]]), node["type"]
