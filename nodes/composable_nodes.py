@@ -11,13 +11,20 @@ from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
 from ..lumix_core.finite_check import check_finite_maps
 from ..lumix_core.given_maps import check_given_map, check_tool_map
 from ..lumix_core.sampling import split_maps
-from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
+from ..lumix_core import options
+from ..lumix_core.options import (HELD_GUIDANCE_REFERENCE, OUTPUT_SAMPLED, RESIZE_STRETCH, SCHEDULE_REFERENCE,
+                                  SIZE_FROM_GIVEN, option_key)
+from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE
 from . import categories
 from .memory_guard import check_latent_host_memory, check_memory
 from .sampling_steps import (
-    HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
-    SCHEDULE_REFERENCE, SceneNoise, check_given_maps, check_lumix_model, check_multiple_of_16, check_run_size, decode_maps,
-    empty_latent, hold_given_maps, latent_size, prepare_given_map, sampling_sigmas, warn_user)
+    HELD_GUIDANCE, HELD_GUIDANCE_TOOLTIP, RESIZE_TOOLTIP, RESIZES, SceneNoise, check_given_maps,
+    check_lumix_model, check_multiple_of_16, check_run_size, decode_maps, empty_latent, given_maps_record,
+    hold_given_maps, latent_channels, latent_size, maps_returned, prepare_given_map, sampled_size, sampling_sigmas,
+    validate_options, warn_user)
+
+# The text route's memory guard on LumiX Empty Latent assumes true CFG (two passes), as the reference's text run.
+ASSUMED_TEXT_CFG = 3.0
 
 
 class LumiXEmptyLatent(io.ComfyNode):
@@ -41,20 +48,31 @@ class LumiXEmptyLatent(io.ComfyNode):
                              tooltip="Area budget with a photo (the reference's 1536x1152)."),
                 io.Int.Input("area_height", default=REFERENCE_PHOTO_SIZE[1], min=16, max=8192, step=16, optional=True,
                              tooltip="Area budget with a photo."),
+                io.Model.Input("model", optional=True,
+                               tooltip="The model that will sample this latent (recommended): its latent channels are "
+                                       "used, it is checked as the LumiX Intrinsic Sampler checks it (a warning when "
+                                       "no LumiX node patched it) and the run's memory is estimated before "
+                                       "anything is allocated (assuming true CFG, as the text run)."),
             ],
-            outputs=[io.Latent.Output(tooltip="Zeros, 16 FLUX channels, scenes x 5 latents.")],
+            outputs=[io.Latent.Output(tooltip="Zeros, scenes x 5 latents (the model's channels; 16 for FLUX).")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, width, height, scenes, photo=None, area_width=REFERENCE_PHOTO_SIZE[0],
-                area_height=REFERENCE_PHOTO_SIZE[1]) -> io.NodeOutput:
-        if photo is not None:
-            photo = check_given_map("photo", photo)
-            width, height = size_for_photo(photo.shape[2], photo.shape[1], area_width, area_height)
+                area_height=REFERENCE_PHOTO_SIZE[1], model=None) -> io.NodeOutput:
+        given = {"photo": check_given_map("photo", photo)} if photo is not None else {}
+        width, height = sampled_size(given, width, height, SIZE_FROM_GIVEN, area_width, area_height)
         check_run_size(width, height, scenes)
         check_multiple_of_16(width, height)
-        check_latent_host_memory(width, height, scenes)  # before allocating, as the sampler's guard
-        return io.NodeOutput({"samples": empty_latent(16, width, height, scenes)})
+        if model is not None:  # the same checks, in the same order, as the LumiX Intrinsic Sampler
+            warning = check_lumix_model(model)
+            check_memory(model, None, None, width, height, scenes, 1.0 if given else ASSUMED_TEXT_CFG)
+            if warning:
+                warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
+        channels = latent_channels(model)
+        check_latent_host_memory(width, height, scenes, channels)  # before allocating, as the sampler's guard
+        return io.NodeOutput({"samples": empty_latent(channels, width, height, scenes)})
 
 
 class LumiXNoise(io.ComfyNode):
@@ -131,6 +149,10 @@ class LumiXHoldMaps(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, held_maps_guidance=HELD_GUIDANCE_REFERENCE, held_maps_resize=RESIZE_STRETCH):
+        return validate_options(held_maps_guidance=held_maps_guidance, held_maps_resize=held_maps_resize)
+
+    @classmethod
     def execute(cls, model, vae, latent, albedo=None, irradiance=None, color=None, depth=None, normal=None,
                 held_maps_guidance=HELD_GUIDANCE_REFERENCE, held_maps_resize=RESIZE_STRETCH) -> io.NodeOutput:
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
@@ -140,14 +162,21 @@ class LumiXHoldMaps(io.ComfyNode):
             raise ValueError(f"LumiX Hold Maps: the latent holds {samples.shape[0]} latents, not whole scenes of "
                              f"{MAP_COUNT}; start from the LumiX Empty Latent.")
         warning = check_lumix_model(model)
-        if warning:
-            warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
+        if samples.shape[1] != latent_channels(model):
+            raise ValueError(f"LumiX Hold Maps: the latent has {samples.shape[1]} channels but the model's latents "
+                             f"have {latent_channels(model)}; connect the model to LumiX Empty Latent too.")
+        held_maps_resize = option_key("held_maps_resize", held_maps_resize)
+        held_maps_guidance = option_key("held_maps_guidance", held_maps_guidance)
         check_given_maps(given, samples.shape[0] // MAP_COUNT)
         width, height = latent_size(samples)
-        check_memory(model, None, None, width, height, samples.shape[0] // MAP_COUNT, 1.0)  # before encoding
+        no_cfg = held_maps_guidance == HELD_GUIDANCE_REFERENCE or not given
+        check_memory(model, None, None, width, height, samples.shape[0] // MAP_COUNT,
+                     1.0 if no_cfg else ASSUMED_TEXT_CFG)  # before encoding
+        if warning:
+            warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
         images = {name: prepare_given_map(image, width, height, held_maps_resize, name) for name, image in given.items()}
         patched, held = hold_given_maps(model, vae, samples, images, held_maps_guidance)
-        return io.NodeOutput(patched, {**latent, "samples": held})
+        return io.NodeOutput(patched, {**latent, "samples": held, **given_maps_record(given, images, held_maps_resize)})
 
 
 class LumiXSplitMaps(io.ComfyNode):
@@ -158,24 +187,33 @@ class LumiXSplitMaps(io.ComfyNode):
             display_name="LumiX Split Maps",
             category=categories.SAMPLING,
             description="Splits a LumiX batch (scenes x 5, map index fastest) into the five maps: a decoded IMAGE "
-                        "batch, or a LATENT decoded with the VAE.",
+                        "batch, or a LATENT decoded with the VAE (maps given to LumiX Hold Maps then come back exactly as "
+                        "given, as from the LumiX Intrinsic Sampler).",
             inputs=[
                 io.Image.Input("images", optional=True, tooltip="A decoded batch (e.g. from VAE Decode or a tiled decode)."),
                 io.Latent.Input("latent", optional=True, tooltip="A sampled LumiX latent; needs the vae."),
                 io.Vae.Input("vae", optional=True, tooltip="Decodes the latent."),
+                io.Combo.Input("output_size", options=options.keys("output_size"), default=OUTPUT_SAMPLED, optional=True,
+                               tooltip=options.tooltip("output_size", "With maps given to LumiX Hold Maps (the latent "
+                                                       "input carries them; decoded images do not):")),
             ],
             outputs=[io.Image.Output(f"{spec.name}_image", display_name=spec.name, tooltip=spec.meaning) for spec in MAPS],
         )
 
     @classmethod
-    def execute(cls, images=None, latent=None, vae=None) -> io.NodeOutput:
+    def validate_inputs(cls, output_size=OUTPUT_SAMPLED):
+        return validate_options(output_size=output_size)
+
+    @classmethod
+    def execute(cls, images=None, latent=None, vae=None, output_size=OUTPUT_SAMPLED) -> io.NodeOutput:
         if (images is None) == (latent is None):
             raise ValueError("LumiX Split Maps: connect either images (a decoded batch) or latent (with the vae), "
                              "not both and not neither.")
         if latent is not None:
             if vae is None:
                 raise ValueError("LumiX Split Maps: a latent needs the vae to be decoded; connect the FLUX VAE.")
-            maps = decode_maps(vae, latent["samples"])
+            # the given maps as the sampler returns them (exactly as encoded, or at their own size)
+            maps = maps_returned(decode_maps(vae, latent["samples"]), latent, output_size)
         else:
             if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[0] % MAP_COUNT == 0:
                 check_finite_maps(images, "the images batch", "Something before LumiX Split Maps produced them "

@@ -27,11 +27,13 @@ from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
 from ..lumix_core.metrics import consistency
 from ..lumix_core.relight import light_direction, parse_hex_color, relight
 from ..lumix_core.tool_readout import consistency_warnings, depth_readout, normal_readout, relight_readout
+from ..lumix_core import options
+from ..lumix_core.options import DEPTH_FAR_IS_BRIGHT, DEPTH_NEAR_IS_BRIGHT, option_key
 from . import categories
 from .provenance import generation_info
 
 _LOG = logging.getLogger("LumiX")
-DEPTH_CONVENTIONS = ["far is bright (LumiX)", "near is bright"]
+DEPTH_CONVENTIONS = options.keys("depth_convention")
 NEAR_ON_TOP, NEAR_AT_BOTTOM = "at the warm/bright end", "at the cool/dark end"
 # Heat-map scales: the value shown at the top of the colour map.
 PHOTOMETRIC_TOP, GEOMETRIC_TOP_DEGREES = 0.25, 45.0
@@ -85,8 +87,9 @@ class LumiXConsistency(io.ComfyNode):
             inputs=[*_map_inputs(),
                     io.Float.Input("fov_degrees", default=DEFAULT_FOV_DEGREES, min=10.0, max=150.0, step=1.0,
                                    tooltip="Horizontal field of view assumed to back-project depth (Hypersim-like 60)."),
-                    io.Combo.Input("depth_convention", options=DEPTH_CONVENTIONS, default=DEPTH_CONVENTIONS[0],
-                                   tooltip=f"How the depth image encodes distance. LumiX: {ENCODINGS['depth']}.")],
+                    io.Combo.Input("depth_convention", options=DEPTH_CONVENTIONS, default=DEPTH_FAR_IS_BRIGHT,
+                                   tooltip=options.tooltip("depth_convention", "How the depth image encodes distance. "
+                                                           f"LumiX: {ENCODINGS['depth']}."))],
             outputs=[
                 io.Image.Output("photometric_heatmap", display_name="photometric_heatmap",
                                 tooltip="Per pixel |color - s*albedo*irradiance| in linear RGB, s the least-squares "
@@ -106,7 +109,12 @@ class LumiXConsistency(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, depth_convention=DEPTH_FAR_IS_BRIGHT):
+        return options.check_option("depth_convention", depth_convention)
+
+    @classmethod
     def execute(cls, fov_degrees, depth_convention, **maps) -> io.NodeOutput:
+        near_is_bright = option_key("depth_convention", depth_convention) == DEPTH_NEAR_IS_BRIGHT
         check_finite_settings("LumiX Map Consistency", fov_degrees=fov_degrees)
         maps = _checked("LumiX Map Consistency", maps)
         scenes, height, width = _given_scenes(maps)
@@ -114,7 +122,7 @@ class LumiXConsistency(io.ComfyNode):
         lines, warnings = [], []
         for s in range(scenes):
             report = consistency({name: image[s] for name, image in maps.items()}, fov_degrees,
-                                 near_is_bright=depth_convention == DEPTH_CONVENTIONS[1])
+                                 near_is_bright=near_is_bright)
             if scenes > 1:
                 lines.append(f"scene {s + 1}:")
             lines.append(report.text())
@@ -197,17 +205,22 @@ class LumiXDepthColormap(io.ComfyNode):
                     io.Boolean.Input("near_points", default=True, label_on=NEAR_ON_TOP, label_off=NEAR_AT_BOTTOM,
                                      tooltip="Where the nearest points land on the colour map: the warm/bright top "
                                              "(turbo red, inferno yellow, gray white) or the cool/dark bottom."),
-                    io.Combo.Input("depth_convention", options=DEPTH_CONVENTIONS, default=DEPTH_CONVENTIONS[0],
-                                   tooltip="How the depth image you connect encodes distance (not how it is shown). "
-                                           f"LumiX depth: {ENCODINGS['depth']}.")],
+                    io.Combo.Input("depth_convention", options=DEPTH_CONVENTIONS, default=DEPTH_FAR_IS_BRIGHT,
+                                   tooltip=options.tooltip("depth_convention", "How the depth image you connect "
+                                                           "encodes distance (not how it is shown). LumiX depth: "
+                                                           f"{ENCODINGS['depth']}."))],
             outputs=[io.Image.Output("colored", display_name="image",
                                      tooltip="The depth in colour, stretched to the full scale per image.")],
         )
 
     @classmethod
+    def validate_inputs(cls, depth_convention=DEPTH_FAR_IS_BRIGHT):
+        return options.check_option("depth_convention", depth_convention)
+
+    @classmethod
     def execute(cls, depth, colormap, near_points, depth_convention) -> io.NodeOutput:
         depth = check_tool_map("LumiX Depth Colormap", "depth", depth)
-        input_near_is_bright = depth_convention == DEPTH_CONVENTIONS[1]
+        input_near_is_bright = option_key("depth_convention", depth_convention) == DEPTH_NEAR_IS_BRIGHT
         out = colorize_depth(depth.double(), colormap, input_near_is_bright, near_points)
         end = "top (warm/bright)" if near_points else "bottom (cool/dark)"
         lines, warnings = [f"near points at the {end} end of {colormap}, range stretched per image"], []

@@ -13,24 +13,23 @@ from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
 from ..lumix_core.finite_check import check_finite_settings
-from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
+from ..lumix_core import options
+from ..lumix_core.options import (HELD_GUIDANCE_REFERENCE, OUTPUT_SAMPLED, RESIZE_STRETCH, SCHEDULE_REFERENCE,
+                                  SIZE_FROM_GIVEN, option_key)
+from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE
 from . import categories
 from .memory_guard import check_memory
 from .sampling_steps import (
-    HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
-    SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_lumix_model, check_multiple_of_16, check_run_size,
-    decode_maps, empty_latent, five_map_callback, hold_given_maps, prepare_given_map, resize_maps, sampling_sigmas, warn_user)
+    HELD_GUIDANCE, HELD_GUIDANCE_TOOLTIP, RESIZE_TOOLTIP, RESIZES, SCHEDULES, SceneNoise, check_given_maps,
+    check_lumix_model, check_multiple_of_16, check_output_size, check_run_size, decode_maps, empty_latent,
+    five_map_callback, given_maps_record, hold_given_maps, latent_channels, maps_returned, prepare_given_map,
+    sampled_size, sampling_sigmas, validate_options, warn_user)
 
-SIZE_FROM_GIVEN = "from the given map (aspect kept, area budget)"
-SIZE_EXPLICIT = "width x height"
-SIZES = [SIZE_FROM_GIVEN, SIZE_EXPLICIT]
-OUTPUT_SAMPLED = "sampled size"
-OUTPUT_ORIGINAL = "given map's original size"
-OUTPUT_SIZES = [OUTPUT_SAMPLED, OUTPUT_ORIGINAL]
-SCHEDULE_TOOLTIP = (
-    "reference: the sigmas of the LumiX reference for this node's width x height and steps (its FLUX shift, "
-    "exact for every step count; the `scheduler` input is then unused). 'model sampling + scheduler': the "
-    "model's own ModelSamplingFlux shift with the `scheduler` input, as KSampler does.")
+SIZES = options.keys("held_maps_size")
+OUTPUT_SIZES = options.keys("output_size")
+SCHEDULE_TOOLTIP = options.tooltip("schedule")
+SIZE_TOOLTIP = options.tooltip("held_maps_size", "With given maps, the sampled size:")
+OUTPUT_SIZE_TOOLTIP = options.tooltip("output_size", "With given maps:")
 
 
 def _check_inputs(model, width, height, scenes, given):
@@ -41,16 +40,6 @@ def _check_inputs(model, width, height, scenes, given):
     check_given_maps(given, scenes)
     check_multiple_of_16(width, height)
     return warning
-
-
-def sampled_size(given, width, height, size_from, area_width, area_height):
-    """(width, height) to sample at: the first given map's aspect within the area budget, or width x height."""
-    if given and size_from == SIZE_FROM_GIVEN:
-        first = next(iter(given.values()))
-        return size_for_photo(first.shape[2], first.shape[1], area_width, area_height)
-    if size_from not in SIZES:
-        raise ValueError(f"LumiX: unknown held_maps_size {size_from!r}; choose one of {SIZES}.")
-    return width, height
 
 
 class LumiXSampler(io.ComfyNode):
@@ -102,18 +91,15 @@ class LumiXSampler(io.ComfyNode):
                 io.Combo.Input("held_maps_guidance", options=HELD_GUIDANCE, default=HELD_GUIDANCE_REFERENCE,
                                optional=True, tooltip=HELD_GUIDANCE_TOOLTIP),
                 io.Combo.Input("held_maps_size", options=SIZES, default=SIZE_FROM_GIVEN, optional=True,
-                               tooltip="With given maps: sample at the first given map's aspect ratio within "
-                                       "area_width x area_height (sides multiples of 16; a 4:3 photo gets the "
-                                       "reference's 1536x1152), or at width x height."),
+                               tooltip=SIZE_TOOLTIP),
                 io.Int.Input("area_width", default=REFERENCE_PHOTO_SIZE[0], min=16, max=8192, step=16, optional=True,
-                             tooltip="Area budget for held_maps_size 'from the given map' (the reference's 1536x1152)."),
+                             tooltip="Area budget for held_maps_size from_given (the reference's 1536x1152)."),
                 io.Int.Input("area_height", default=REFERENCE_PHOTO_SIZE[1], min=16, max=8192, step=16, optional=True,
-                             tooltip="Area budget for held_maps_size 'from the given map'."),
+                             tooltip="Area budget for held_maps_size from_given."),
                 io.Combo.Input("held_maps_resize", options=RESIZES, default=RESIZE_STRETCH, optional=True,
                                tooltip=RESIZE_TOOLTIP),
                 io.Combo.Input("output_size", options=OUTPUT_SIZES, default=OUTPUT_SAMPLED, optional=True,
-                               tooltip="With given maps: return every map at the sampled size, or stretched back to "
-                                       "the given map's original size (the given map then comes back as given)."),
+                               tooltip=OUTPUT_SIZE_TOOLTIP),
             ],
             outputs=[
                 *[io.Image.Output(f"{spec.name}_image", display_name=spec.name, tooltip=spec.meaning) for spec in MAPS],
@@ -122,6 +108,14 @@ class LumiXSampler(io.ComfyNode):
             ],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, schedule=SCHEDULE_REFERENCE, held_maps_guidance=HELD_GUIDANCE_REFERENCE,
+                        held_maps_size=SIZE_FROM_GIVEN, held_maps_resize=RESIZE_STRETCH, output_size=OUTPUT_SAMPLED):
+        """The option keys and the values shipped before them (ComfyUI's own list check is skipped for these)."""
+        return validate_options(schedule=schedule, held_maps_guidance=held_maps_guidance,
+                                held_maps_size=held_maps_size, held_maps_resize=held_maps_resize,
+                                output_size=output_size)
 
     @classmethod
     def execute(cls, model, positive, negative, vae, seed, steps, cfg, sampler_name, scheduler, width, height,
@@ -133,10 +127,9 @@ class LumiXSampler(io.ComfyNode):
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
                  if image is not None}
         check_finite_settings("LumiX Intrinsic Sampler", cfg=cfg)
-        if given and output_size == OUTPUT_ORIGINAL and held_maps_resize != RESIZE_STRETCH:
-            raise ValueError("LumiX: output_size \"given map's original size\" stretches the maps back to the photo, "
-                             "which only lines up with held_maps_resize 'stretch (as the reference)'; a cropped "
-                             "photo cannot be restored. Set held_maps_resize to stretch or output_size to sampled size.")
+        held_maps_guidance = option_key("held_maps_guidance", held_maps_guidance)
+        held_maps_resize = option_key("held_maps_resize", held_maps_resize)
+        output_size = check_output_size(given, output_size, held_maps_resize)
         warning = _check_inputs(model, width, height, scenes, given)
         width, height = sampled_size(given, width, height, held_maps_size, area_width, area_height)
         no_cfg = bool(given) and held_maps_guidance == HELD_GUIDANCE_REFERENCE  # the negative pass never runs
@@ -144,7 +137,7 @@ class LumiXSampler(io.ComfyNode):
         if warning:
             warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
 
-        latent = empty_latent(model.get_model_object("latent_format").latent_channels, width, height, scenes)
+        latent = empty_latent(latent_channels(model), width, height, scenes)
         given_images = {name: prepare_given_map(image, width, height, held_maps_resize, name) for name, image in given.items()}
         model, latent = hold_given_maps(model, vae, latent, given_images, held_maps_guidance)
         sigmas = sampling_sigmas(model, schedule, steps, width, height, sampler_name, scheduler)
@@ -152,14 +145,9 @@ class LumiXSampler(io.ComfyNode):
                               sigmas, positive, negative, latent)
 
         comfy.model_management.throw_exception_if_processing_interrupted()
-        decoded = decode_maps(vae, samples)
-        images = [given_images.get(name, decoded[name]).to(decoded[name]) for name in MAP_NAMES]
-        if given and output_size == OUTPUT_ORIGINAL:
-            first = next(iter(given.values()))
-            h, w = first.shape[1], first.shape[2]
-            images = [resize_maps(given[name][..., :3].clamp(0, 1).to(image) if name in given else image, w, h)
-                      for name, image in zip(MAP_NAMES, images)]
-        return io.NodeOutput(*images, {"samples": samples})
+        record = given_maps_record(given, given_images, held_maps_resize)
+        images = maps_returned(decode_maps(vae, samples), record, output_size)
+        return io.NodeOutput(*(images[name] for name in MAP_NAMES), {"samples": samples, **record})
 
 
 def sample_maps(model, noise, cfg, sampler, sigmas, positive, negative, latent: torch.Tensor) -> torch.Tensor:

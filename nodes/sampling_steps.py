@@ -18,7 +18,10 @@ from ..lumix_core import MAP_COUNT, MAP_NAMES
 from ..lumix_core.finite_check import MODEL_ADVICE, VAE_ADVICE, check_finite_maps
 from ..lumix_core.given_maps import check_cover_crop, check_given_map
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps, tile_scene
-from ..lumix_core.schedule import reference_sigmas
+from ..lumix_core import options
+from ..lumix_core.options import (HELD_GUIDANCE_REFERENCE, OUTPUT_ORIGINAL, RESIZE_COVER, RESIZE_STRETCH,  # noqa: F401
+                                  SCHEDULE_MODEL, SCHEDULE_REFERENCE, SIZE_FROM_GIVEN, check_option, option_key)
+from ..lumix_core.schedule import reference_sigmas, size_for_photo
 from .flux_model import NotFluxError, flux_diffusion_model
 from .patch import lumix_settings
 
@@ -26,22 +29,24 @@ _LOG = logging.getLogger("LumiX")
 
 HELD_MAPS_WRAPPER_KEY = "lumix_held_maps"
 
-# Choices shared by the nodes (their values are what API workflows store).
-SCHEDULE_REFERENCE = "reference"
-SCHEDULE_MODEL = "model sampling + scheduler"
-SCHEDULES = [SCHEDULE_REFERENCE, SCHEDULE_MODEL]
-HELD_GUIDANCE_REFERENCE = "reference: guidance 1.0, no CFG"
-HELD_GUIDANCE_AS_SET = "as connected: conditioning guidance and cfg"
-HELD_GUIDANCE = [HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_AS_SET]
-HELD_GUIDANCE_TOOLTIP = (
-    "With given (held) maps the reference hard-codes guidance embed 1.0 and runs no CFG (its negative "
-    "prompt is prepared but unused). 'reference' does the same whatever the conditioning's FluxGuidance "
-    "and the sampler's cfg say; 'as connected' uses those instead.")
-RESIZE_STRETCH = "stretch (as the reference)"
-RESIZE_COVER = "cover and centre-crop"
-RESIZES = [RESIZE_STRETCH, RESIZE_COVER]
-RESIZE_TOOLTIP = ("How a given map is fitted to the sampled size: stretched to it (bicubic; the reference "
-                  "stretches), or scaled to cover it and centre-cropped. Alpha is dropped.")
+# Choices shared by the nodes: short keys (what workflows store; older prose values still accepted) with
+# their explanation in the tooltip, all in lumix_core.options.
+SCHEDULES = options.keys("schedule")
+HELD_GUIDANCE = options.keys("held_maps_guidance")
+HELD_GUIDANCE_TOOLTIP = options.tooltip(
+    "held_maps_guidance", "With given (held) maps the reference hard-codes guidance embed 1.0 and runs no CFG (its "
+    "negative prompt is prepared but unused).")
+RESIZES = options.keys("held_maps_resize")
+RESIZE_TOOLTIP = options.tooltip("held_maps_resize", "How a given map is fitted to the sampled size (alpha is dropped):")
+
+
+def validate_options(**values) -> bool | str:
+    """A node's validate_inputs for its option inputs: True, or the first error (keys and older values pass)."""
+    for option, value in values.items():
+        verdict = check_option(option, value)
+        if verdict is not True:
+            return verdict
+    return True
 
 
 # ---- checks and warnings -------------------------------------------------------------------------
@@ -107,6 +112,24 @@ def check_multiple_of_16(width: int, height: int) -> None:
                          f"try {round(width / 16) * 16}x{round(height / 16) * 16}.")
 
 
+FLUX_LATENT_CHANNELS = 16
+
+
+def latent_channels(model=None) -> int:
+    """The latent channels of `model` (its latent format), or FLUX's when no model is known."""
+    return FLUX_LATENT_CHANNELS if model is None else model.get_model_object("latent_format").latent_channels
+
+
+def sampled_size(given: dict, width: int, height: int, size_from: str, area_width: int, area_height: int):
+    """(width, height) to sample at: with given maps and size_from from_given, the first given map's
+    aspect within the area budget (sides multiples of 16); otherwise width x height."""
+    size_from = option_key("held_maps_size", size_from)
+    if given and size_from == SIZE_FROM_GIVEN:
+        first = next(iter(given.values()))
+        return size_for_photo(first.shape[2], first.shape[1], area_width, area_height)
+    return width, height
+
+
 def empty_latent(channels: int, width: int, height: int, scenes: int) -> torch.Tensor:
     """Zeros [scenes * 5, C, height/8, width/8], map index fastest."""
     return torch.zeros((scenes * MAP_COUNT, channels, height // 8, width // 8))
@@ -123,8 +146,7 @@ def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str 
                       name: str = "given") -> torch.Tensor:
     """A given map as the sampler encodes it: [n, H, W, C] in 0..1 -> [n, height, width, 3]
     (RGB, clamped, fitted to width x height as `resize` says). The one place given maps are prepared."""
-    if resize not in RESIZES:
-        raise ValueError(f"LumiX: unknown resize {resize!r}; choose one of {RESIZES}.")
+    resize = option_key("held_maps_resize", resize)
     rgb = image[..., :3]
     if rgb.shape[1] != height or rgb.shape[2] != width:
         crop = "disabled" if resize == RESIZE_STRETCH else "center"
@@ -132,6 +154,48 @@ def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str 
             check_cover_crop(name, rgb, (width, height))
         rgb = comfy.utils.common_upscale(rgb.movedim(-1, 1), width, height, "bicubic", crop).movedim(1, -1)
     return rgb.clamp(0.0, 1.0)
+
+
+GIVEN_MAPS_KEY = "lumix_given_maps"  # in a LATENT dict: the given maps of the run (core samplers copy the dict)
+
+
+def given_maps_record(given: dict, prepared: dict, resize: str = RESIZE_STRETCH) -> dict:
+    """What a LumiX LATENT carries about its given maps, so that whatever splits it returns them as the
+    sampler does: {GIVEN_MAPS_KEY: {original, prepared (as encoded), resize}}, or {} without any."""
+    if not given:
+        return {}
+    return {GIVEN_MAPS_KEY: {"original": dict(given), "prepared": dict(prepared),
+                             "resize": option_key("held_maps_resize", resize)}}
+
+
+def check_output_size(given: dict, output_size: str, resize: str) -> str:
+    """The output_size key; refuses 'original' after a crop (a cropped photo cannot be restored)."""
+    output_size = option_key("output_size", output_size)
+    if given and output_size == OUTPUT_ORIGINAL and option_key("held_maps_resize", resize) != RESIZE_STRETCH:
+        raise ValueError("LumiX: output_size 'original' stretches the maps back to the given map's size, which only "
+                         "lines up with held_maps_resize 'stretch'; a cropped photo cannot be restored. Set "
+                         "held_maps_resize to stretch or output_size to sampled.")
+    return output_size
+
+
+def maps_returned(decoded: dict, record: dict, output_size: str) -> dict:
+    """The five maps a run returns, on both routes: the decoded maps with each given map exactly as it was
+    encoded (not its VAE round trip) and, with output_size 'original', every map stretched back to the
+    first given map's size (the given maps then exactly as given). `record` is given_maps_record's."""
+    given = record.get(GIVEN_MAPS_KEY) or {}
+    prepared, original = given.get("prepared", {}), given.get("original", {})
+    output_size = check_output_size(original, output_size, given.get("resize", RESIZE_STRETCH))
+    first = next(iter(decoded.values()))
+    if any(image.shape != first.shape for image in prepared.values()):
+        _LOG.warning("LumiX: the latent's given maps do not match its size (a node between resized it); the given "
+                     "maps are returned as decoded.")
+        return decoded
+    images = {name: prepared[name].to(image) if name in prepared else image for name, image in decoded.items()}
+    if original and output_size == OUTPUT_ORIGINAL:
+        h, w = next(iter(original.values())).shape[1:3]
+        images = {name: resize_maps(original[name][..., :3].clamp(0, 1).to(image) if name in original else image, w, h)
+                  for name, image in images.items()}
+    return images
 
 
 def resize_maps(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -179,12 +243,17 @@ class HeldMapsWrapper:
 
 class HeldMapsRestore:
     """OUTER_SAMPLE wrapper: the sampled latent's held rows are exactly the given encoding, not its
-    round trip through the sampler's arithmetic."""
+    round trip through the sampler's arithmetic. With `positive_only` it also makes sure, for this run's
+    model options, that the positive-only pass is the outermost sampler_calc_cond_batch_function, wrapping
+    whatever another node (e.g. core Skip Layer Guidance) set on the model after LumiX Hold Maps."""
 
-    def __init__(self, held: torch.Tensor, latent: torch.Tensor):
-        self.held, self.latent = held, latent
+    def __init__(self, held: torch.Tensor, latent: torch.Tensor, positive_only: bool = False):
+        self.held, self.latent, self.positive_only = held, latent, positive_only
 
     def __call__(self, executor, *args, **kwargs):
+        run_options = getattr(executor.class_obj, "model_options", None)  # the guider's copy for this run
+        if self.positive_only and isinstance(run_options, dict):
+            add_positive_pass_only(run_options)
         samples = executor(*args, **kwargs)
         if samples.shape[0] == self.held.shape[0]:
             samples = samples.clone()
@@ -192,20 +261,41 @@ class HeldMapsRestore:
         return samples
 
 
-def positive_pass_only(args):
+CALC_COND_BATCH = "sampler_calc_cond_batch_function"
+
+
+class PositivePassOnly:
     """sampler_calc_cond_batch_function: only the positive pass runs; its prediction stands in for
-    the negative one, so CFG of any scale gives exactly the positive prediction (no CFG)."""
-    cond = comfy.samplers.calc_cond_batch(args["model"], [args["conds"][0], None], args["input"], args["sigma"],
-                                          args["model_options"])[0]
-    return [cond] + [cond] * (len(args["conds"]) - 1)
+    the negative one, so CFG of any scale gives exactly the positive prediction (no CFG). It wraps the
+    function that was there before (e.g. core Skip Layer Guidance's), calling it with the positive
+    condition only, instead of replacing it."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+
+    def __call__(self, args):
+        conds = args["conds"]
+        positive_only = [conds[0]] + [None] * (len(conds) - 1)
+        if self.inner is not None:
+            cond = self.inner({**args, "conds": positive_only})[0]
+        else:
+            cond = comfy.samplers.calc_cond_batch(args["model"], positive_only, args["input"], args["sigma"],
+                                                  args["model_options"])[0]
+        return [cond] * len(conds)
+
+
+def add_positive_pass_only(model_options: dict) -> None:
+    """Puts PositivePassOnly around the model options' current sampler_calc_cond_batch_function (once)."""
+    current = model_options.get(CALC_COND_BATCH)
+    if not isinstance(current, PositivePassOnly):
+        model_options[CALC_COND_BATCH] = PositivePassOnly(current)
 
 
 def hold_given_maps(model, vae, latent: torch.Tensor, images: dict[str, torch.Tensor], guidance: str):
     """(patched model copy, latent with the given maps encoded). Any sampler run on the copy keeps the
     given maps at timestep 0 and returns them unchanged; with HELD_GUIDANCE_REFERENCE it also runs with
     guidance 1.0 and without CFG. `images` are prepared maps (prepare_given_map) at the latent's size."""
-    if guidance not in HELD_GUIDANCE:
-        raise ValueError(f"LumiX: unknown held_maps_guidance {guidance!r}; choose one of {HELD_GUIDANCE}.")
+    guidance = option_key("held_maps_guidance", guidance)
     latent = encode_given_maps(vae, latent, images)
     if not images:
         return model, latent
@@ -216,9 +306,9 @@ def hold_given_maps(model, vae, latent: torch.Tensor, images: dict[str, torch.Te
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, HELD_MAPS_WRAPPER_KEY,
                                  HeldMapsWrapper(held, clean, reference))
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, HELD_MAPS_WRAPPER_KEY,
-                                 HeldMapsRestore(held, latent))
-    if reference:
-        patched.model_options["sampler_calc_cond_batch_function"] = positive_pass_only
+                                 HeldMapsRestore(held, latent, positive_only=reference))
+    if reference:  # wraps, never replaces, another node's function on the same model
+        add_positive_pass_only(patched.model_options)
     return patched, latent
 
 
@@ -243,11 +333,10 @@ def sampling_sigmas(model, schedule: str, steps: int, width: int, height: int, s
                     scheduler: str = "simple") -> torch.Tensor:
     """float32 sigmas: the reference's for width x height, or the model's own (its model sampling and
     `scheduler`, exactly as KSampler computes them)."""
+    schedule = option_key("schedule", schedule)
     if schedule == SCHEDULE_REFERENCE:
         return reference_sigmas(width, height, steps).to(torch.float32)
-    if schedule == SCHEDULE_MODEL:
-        return comfy.samplers.KSampler(model, steps, "cpu", sampler_name, scheduler, 1.0).sigmas.to(torch.float32)
-    raise ValueError(f"LumiX: unknown schedule {schedule!r}; choose one of {SCHEDULES}.")
+    return comfy.samplers.KSampler(model, steps, "cpu", sampler_name, scheduler, 1.0).sigmas.to(torch.float32)
 
 
 # ---- preview and decoding ------------------------------------------------------------------------

@@ -40,7 +40,7 @@ SOCKETS = {
     "LumiXConsistency": MAP_SOCKETS, "LumiXSaveMaps": MAP_SOCKETS,
     "LumiXRelight": [("albedo", "IMAGE"), ("normal", "IMAGE"), ("irradiance", "IMAGE")],
     "LumiXDepthColormap": [("depth", "IMAGE")],
-    "LumiXEmptyLatent": [("photo", "IMAGE")],
+    "LumiXEmptyLatent": [("photo", "IMAGE"), ("model", "MODEL")],
     "LumiXReferenceSigmas": [("latent", "LATENT")],
     "CFGGuider": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
     "LumiXTrainingDataset": [("vae", "VAE"), ("clip", "CLIP")],
@@ -150,10 +150,8 @@ def sampler(cfg, extra_inputs=None):
     return Node(10, "LumiXSampler", (COL_SAMPLER, 80), SAMPLER_SIZE, "LumiX Intrinsic Sampler",
                 widgets={"seed": 42, "steps": 50, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
                          "width": 512, "height": 512, "scenes": 1, "shared_noise": True,
-                         "schedule": "reference", "held_maps_guidance": "reference: guidance 1.0, no CFG",
-                         "held_maps_size": "from the given map (aspect kept, area budget)",
-                         "area_width": 1536, "area_height": 1152, "held_maps_resize": "stretch (as the reference)",
-                         "output_size": "sampled size"}, inputs=inputs, outputs=SAMPLER_OUTPUTS)
+                         "schedule": "reference", "held_maps_guidance": "reference", "held_maps_size": "from_given",
+                         "area_width": 1536, "area_height": 1152, "held_maps_resize": "stretch", "output_size": "sampled"}, inputs=inputs, outputs=SAMPLER_OUTPUTS)
 
 
 def image_grid(first_id, node_type, sources, prefix=SAVE_PREFIX, x0=COL_OUT, y0=80):
@@ -224,7 +222,7 @@ def text_to_intrinsic_with_tools():
     x, x2 = COL_OUT, COL_OUT + 340
     return shared_nodes() + [sampler(3.0)] + [
         Node(40, "LumiXConsistency", (x, 80), (300, 300), "LumiX Map Consistency",
-             widgets={"fov_degrees": 60.0, "depth_convention": "far is bright (LumiX)"}, inputs=dict(maps),
+             widgets={"fov_degrees": 60.0, "depth_convention": "far_is_bright"}, inputs=dict(maps),
              outputs=(("photometric_heatmap", "IMAGE"), ("geometric_heatmap", "IMAGE"),
                       ("structural_heatmap", "IMAGE"), ("report", "STRING"))),
         Node(49, "PreviewAny", (x2, 80), (300, 200), "Consistency report", inputs={"source": (40, 3, "STRING")}),
@@ -237,7 +235,7 @@ def text_to_intrinsic_with_tools():
              outputs=(("image", "IMAGE"),)),
         preview(45, (x2, 480), 44, 0, "Relit preview"),
         Node(46, "LumiXDepthColormap", (x, 880), (300, 170), "LumiX Depth Colormap",
-             widgets={"colormap": "turbo", "near_points": True, "depth_convention": "far is bright (LumiX)"},
+             widgets={"colormap": "turbo", "near_points": True, "depth_convention": "far_is_bright"},
              inputs={"depth": maps["depth"]}, outputs=(("image", "IMAGE"),)),
         preview(47, (x2, 880), 46, 0, "Depth (near = warm)"),
         Node(48, "LumiXSaveMaps", (x, 1280), (600, 560), "LumiX Save Maps",
@@ -257,7 +255,7 @@ def composable_sampler_custom_advanced():
     return shared_nodes() + [
         Node(12, "LumiXEmptyLatent", (x, 80), (330, 170), "LumiX Empty Latent",
              widgets={"width": 512, "height": 512, "scenes": 1, "area_width": 1536, "area_height": 1152},
-             outputs=(("LATENT", "LATENT"),)),
+             inputs={"model": (4, 0, "MODEL")}, outputs=(("LATENT", "LATENT"),)),
         Node(13, "LumiXNoise", (x, 300), (330, 106), "LumiX Noise",
              widgets={"seed": 42, "shared_noise": True},
              outputs=(("NOISE", "NOISE"),)),

@@ -133,7 +133,7 @@ def test_a_sampler_that_sizes_the_photo_itself_gets_the_same_budget():
     assert s["held_maps_size"] == "from the given map (aspect kept, area budget)"
     job = workflow.Template(graph, {"width": 256, "height": 128, "explicit_size": True}, photo=True).job("a", 1, "x", "p.png")
     s = of_class(job, "LumiXSampler")[0]["inputs"]
-    assert (s["held_maps_size"], s["width"], s["height"], s["area_width"]) == ("width x height", 256, 128, 1536)
+    assert (s["held_maps_size"], s["width"], s["height"], s["area_width"]) == ("explicit", 256, 128, 1536)
 
 
 def test_every_generation_option_reaches_the_server(stubs, tmp_path, capsys):

@@ -226,9 +226,9 @@ def test_reference_defaults():
     photo = load(REPO / "workflows" / "api" / "lumix_photo_decomposition_api.json")
     sampler = next(n["inputs"] for n in photo.values() if n["class_type"] == "LumiXSampler")
     assert sampler["cfg"] == 1.0 and sampler["color"][0] in photo
-    assert sampler["held_maps_guidance"] == "reference: guidance 1.0, no CFG"
-    assert sampler["held_maps_size"].startswith("from the given map") and (sampler["area_width"], sampler["area_height"]) == (1536, 1152)
-    assert sampler["held_maps_resize"].startswith("stretch")
+    assert sampler["held_maps_guidance"] == "reference"
+    assert sampler["held_maps_size"] == "from_given" and (sampler["area_width"], sampler["area_height"]) == (1536, 1152)
+    assert sampler["held_maps_resize"] == "stretch" and sampler["output_size"] == "sampled"
     assert photo[sampler["color"][0]]["class_type"] == "LoadImage"
     assert len([n for n in photo.values() if n["class_type"] == "SaveImage"]) == 4
 

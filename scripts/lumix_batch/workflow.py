@@ -6,18 +6,24 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 
 from .errors import ClientError
+
+_REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+if _REPO not in sys.path:
+    sys.path.append(_REPO)
+# The sampler's option keys and the map order, from their one definition (standard library only, no torch).
+from lumix_core.options import MAP_NAMES, SIZE_EXPLICIT  # noqa: E402
 
 WORKFLOW_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "workflows"))
 TEXT_WORKFLOW = "lumix_text_to_intrinsic"
 PHOTO_WORKFLOW = "lumix_photo_decomposition"
-MAP_NAMES = ("albedo", "irradiance", "color", "depth", "normal")  # the sampler's outputs, in order
 SAVE_NODE = "LumiXSaveMaps"
 SAMPLER = "LumiXSampler"
 SAVE_PREFIX = "LumiX/batch/"
 DEFAULT_FOV = 60.0
-EXPLICIT_SIZE = "width x height"  # the sampler's held_maps_size choice that keeps --width/--height for a photo
+EXPLICIT_SIZE = SIZE_EXPLICIT  # the sampler's held_maps_size choice that keeps --width/--height for a photo
 
 
 def shipped_workflow(name: str) -> str:

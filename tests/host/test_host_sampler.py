@@ -68,10 +68,12 @@ def test_schema_lists_the_contracted_sockets():
         "output_size"]
     opt = info["input"]["optional"]
     assert opt["schedule"][1]["default"] == "reference"
-    assert opt["held_maps_guidance"][1]["default"] == "reference: guidance 1.0, no CFG"
+    assert opt["held_maps_guidance"][1]["default"] == "reference"
+    assert [opt[k][0] if isinstance(opt[k][0], list) else opt[k][1]["options"] for k in ("held_maps_size", "held_maps_resize", "output_size")] \
+        == [["from_given", "explicit"], ["stretch", "cover"], ["sampled", "original"]]
     assert "1.0" in opt["held_maps_guidance"][1]["tooltip"] and "no CFG" in opt["held_maps_guidance"][1]["tooltip"]
     assert (opt["area_width"][1]["default"], opt["area_height"][1]["default"]) == (1536, 1152)
-    assert opt["held_maps_resize"][1]["default"].startswith("stretch")
+    assert opt["held_maps_resize"][1]["default"] == "stretch" and "stretch: " in opt["held_maps_resize"][1]["tooltip"]
     assert info["output"] == ["IMAGE"] * 5 + ["LATENT"]
     assert info["output_name"] == list(MAP_NAMES) + ["latent"]
     req = info["input"]["required"]
