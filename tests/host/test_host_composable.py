@@ -4,6 +4,7 @@ import torch
 
 from comfy_host import TinyVAE, conditioning, load_extension, tiny_lumix_model  # first: skips without ComfyUI
 
+import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 from comfy_extras.nodes_custom_sampler import CFGGuider, KSamplerSelect, SamplerCustomAdvanced  # noqa: E402
 from lumix_core import MAP_NAMES  # noqa: E402
@@ -123,3 +124,101 @@ def test_plain_ksampler_batch_error_counts_the_users_batch(lumix_model):
     latent = comfy_nodes.EmptyLatentImage().generate(SIZE, SIZE, 4)[0]
     with pytest.raises(ValueError, match="batch has 4 latents, which is not a multiple of 5"):
         comfy_nodes.KSampler().sample(lumix_model, 0, 1, 3.0, "euler", "simple", conditioning(1), conditioning(2), latent)
+
+
+def test_split_maps_returns_given_maps_as_the_sampler_does(lumix_model):
+    """One shared rule on both routes: a given map comes back exactly as encoded, and with output_size
+    'original' every map is stretched back to the photo's own size, the photo exactly as given."""
+    vae, color = TinyVAE(), torch.rand(1, 48, 80, 3, generator=torch.Generator().manual_seed(4))  # not 64x64
+    for output_size in ("sampled", "original"):
+        a = NODES["LumiXSampler"].execute(lumix_model, conditioning(1), conditioning(2), vae, 2, 2, 1.0, "euler",
+                                          "simple", SIZE, SIZE, 1, True, color=color, held_maps_size="explicit",
+                                          output_size=output_size).result
+        latent = NODES["LumiXEmptyLatent"].execute(SIZE, SIZE, 1).result[0]
+        model, held = NODES["LumiXHoldMaps"].execute(lumix_model, vae, latent, color=color).result
+        out = SamplerCustomAdvanced().sample(NODES["LumiXNoise"].execute(2, True).result[0],
+                                             CFGGuider().get_guider(model, conditioning(1), conditioning(2), 1.0)[0],
+                                             KSamplerSelect().get_sampler("euler")[0],
+                                             NODES["LumiXReferenceSigmas"].execute(2, 512, 512, latent=held).result[0],
+                                             held)[0]
+        b = NODES["LumiXSplitMaps"].execute(latent=out, vae=vae, output_size=output_size).result
+        for name, x, y in zip(MAP_NAMES, a[:5], b):
+            assert torch.equal(x, y), (output_size, name)
+        expected = color if output_size == "original" else torch.nn.functional.interpolate(
+            color.movedim(-1, 1), size=(SIZE, SIZE), mode="bicubic").movedim(1, -1).clamp(0, 1)
+        torch.testing.assert_close(b[2], expected, atol=1e-5, rtol=0)  # the photo, not its VAE round trip
+        decoded = vae.decode(out["samples"])[2:3]
+        assert output_size == "original" or not torch.equal(decoded.clamp(0, 1), b[2])
+    with pytest.raises(ValueError, match="only lines up with held_maps_resize 'stretch'"):
+        _, held = NODES["LumiXHoldMaps"].execute(lumix_model, vae, latent, color=color, held_maps_resize="cover").result
+        NODES["LumiXSplitMaps"].execute(latent=held, vae=vae, output_size="original")
+
+
+def test_hold_maps_wraps_core_skip_layer_guidance_in_either_order(lumix_model):
+    """Hold Maps' positive-only pass and core Skip Layer Guidance share sampler_calc_cond_batch_function:
+    whichever is applied last, both run (SLG's function is called, the negative pass never is)."""
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiTSimple as SLG  # the one that sets that function
+
+    def slg(model):
+        args = dict(model=model, start_percent=0.0, end_percent=1.0, double_layers="0", single_layers="0")
+        out = SLG.execute(**args) if hasattr(SLG, "execute") else SLG().skip_guidance(**args)
+        patched = (out.result if hasattr(out, "result") else out)[0].clone()
+        inner, calls = patched.model_options["sampler_calc_cond_batch_function"], []
+
+        def counted(args):
+            calls.append([c is not None for c in args["conds"]])
+            return inner(args)
+        patched.model_options["sampler_calc_cond_batch_function"] = counted
+        return patched, calls
+
+    vae, color = TinyVAE(), photo(seed=9)
+    latent = NODES["LumiXEmptyLatent"].execute(SIZE, SIZE, 1).result[0]
+
+    def run(model, held):
+        spy_calls = []
+
+        def spy(executor, x, timestep, context, y=None, guidance=None, *args, **kwargs):
+            options = args[2] if len(args) > 2 else kwargs.get("transformer_options", {})
+            spy_calls.append(list(options.get("cond_or_uncond", [])))
+            return executor(x, timestep, context, y, guidance, *args, **kwargs)
+        model = model.clone()
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_spy", spy)
+        out = comfy_nodes.KSampler().sample(model, 1, 2, 4.0, "euler", "simple", conditioning(1), conditioning(2),
+                                            held)[0]["samples"]
+        return out, spy_calls
+
+    plain_model, held = NODES["LumiXHoldMaps"].execute(lumix_model, vae, latent, color=color).result
+    expected, plain_calls = run(plain_model, held)
+    assert plain_calls and all(c == [0] for c in plain_calls)  # positive pass only
+    # SLG after Hold Maps (it sets its own function on the held model) and SLG before Hold Maps
+    after, after_calls = slg(plain_model)
+    slg_first, before_calls = slg(lumix_model)
+    before, _ = NODES["LumiXHoldMaps"].execute(slg_first, vae, latent, color=color).result
+    for model, slg_calls in ((after, after_calls), (before, before_calls)):
+        out, model_calls = run(model, held)
+        assert slg_calls and all(c == [True, False] for c in slg_calls)  # SLG ran, asked for the positive only
+        assert all(c == [0] for c in model_calls)  # no negative pass reached the model
+        assert torch.equal(out, expected)
+
+
+def test_empty_latent_with_the_model_checks_it_as_the_sampler(lumix_model, caplog, monkeypatch):
+    from comfy_host import tiny_flux
+    from lumix_core.memory_estimate import SamplerMemoryError, check_latent_memory
+    latent = NODES["LumiXEmptyLatent"].execute(SIZE, SIZE, 2, model=lumix_model).result[0]["samples"]
+    assert latent.shape == (10, lumix_model.get_model_object("latent_format").latent_channels, 8, 8)
+    with caplog.at_level("WARNING", logger="LumiX"):
+        NODES["LumiXEmptyLatent"].execute(SIZE, SIZE, 1, model=tiny_flux())
+    assert "model not patched" in caplog.text and "will NOT be aligned" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="LumiX"):
+        NODES["LumiXEmptyLatent"].execute(SIZE, SIZE, 1, model=lumix_model)
+    assert "not patched" not in caplog.text
+    free = check_latent_memory(1024, 1024, 2, 2 ** 62) + 1  # the latents and maps fit, the run on the model not
+    monkeypatch.setattr(comfy.model_management, "get_free_memory",
+                        lambda dev=None, torch_free_too=False: (free, free) if torch_free_too else free)
+    NODES["LumiXEmptyLatent"].execute(1024, 1024, 2)  # no model: only the latents and maps are counted
+    with pytest.raises(Exception, match="2 scene\\(s\\) of 1024x1024 .* need at least") as refused:
+        NODES["LumiXEmptyLatent"].execute(1024, 1024, 2, model=lumix_model)
+    assert type(refused.value).__name__ == SamplerMemoryError.__name__
+    with pytest.raises(ValueError, match="latent has 4 channels but the model's latents have 16"):
+        NODES["LumiXHoldMaps"].execute(lumix_model, TinyVAE(), {"samples": torch.zeros(5, 4, 8, 8)}, color=photo())
