@@ -272,7 +272,7 @@ def composable_sampler_custom_advanced():
              inputs={"noise": (13, 0, "NOISE"), "guider": (16, 0, "GUIDER"), "sampler": (15, 0, "SAMPLER"),
                      "sigmas": (14, 0, "SIGMAS"), "latent_image": (12, 0, "LATENT")},
              outputs=(("output", "LATENT"), ("denoised_output", "LATENT"))),
-        Node(18, "LumiXSplitMaps", (x5 + 380, 80), (320, 150), "LumiX Split Maps",
+        Node(18, "LumiXSplitMaps", (x5 + 380, 80), (320, 150), "LumiX Split Maps", widgets={"output_size": "sampled"},
              inputs={"latent": (17, 0, "LATENT"), "vae": (3, 0, "VAE")},
              outputs=tuple((name, "IMAGE") for name in MAP_NAMES)),
     ] + image_grid(20, "SaveImage", [(name, (18, i, "IMAGE")) for i, name in enumerate(MAP_NAMES)],

@@ -35,7 +35,7 @@ WIDGETS = {
     "KSamplerSelect": ["sampler_name"],
     "CFGGuider": ["cfg"],
     "SamplerCustomAdvanced": [],
-    "LumiXSplitMaps": [],
+    "LumiXSplitMaps": ["output_size"],
     "LumiXTrainingDataset": ["folder", "resolution", "flip", "cache_folder"],
     "LumiXTrainer": ["output_name", "steps", "rank", "optimizer", "learning_rate", "batch_size", "grad_accumulation",
                      "warmup_steps", "max_grad_norm", "timestep_sampling", "guidance", "held_map_probability",

@@ -3,6 +3,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -250,9 +251,9 @@ def run_shipped(placeholder_models, output_dir, tmp_path_factory):
               str(lumix_dir / TINY_CHECKPOINT))
     folder_paths.add_model_folder_path("lumix", str(lumix_dir))
 
-    def run(name, edit=None):
-        prompt = load(REPO / "workflows" / "api" / f"{name}_api.json")
-        with_fixture_models(prompt, {**FIXTURE_LOADERS, "UNETLoader": "LumiXTestRecordingFlux"})
+    def run(name, edit=None, loaders=None, folder=REPO / "workflows" / "api"):
+        prompt = load(Path(folder) / f"{name}_api.json")
+        with_fixture_models(prompt, loaders or {**FIXTURE_LOADERS, "UNETLoader": "LumiXTestRecordingFlux"})
         if edit:
             edit(prompt)
         MODEL_CALLS.clear()
@@ -333,3 +334,89 @@ def test_photo_workflow_runs_the_references_decomposition(run_shipped, placehold
         assert call["x"].shape[-2:] == (sampled[1] // 8, sampled[0] // 8)  # the photo's aspect, 1536x1152 budget
     saved = sorted((Path(folder_paths.get_output_directory()) / "LumiX").glob("*.png"))
     assert len(saved) == 4 and all(Image.open(p).size == sampled for p in saved)
+
+
+# ---- provenance: what Save Maps records, on the all-in-one and the composable route ---------------
+
+LEGACY_DIR = REPO / "tests" / "legacy_workflows"
+
+
+def with_save_maps(prefix, steps=3, size=64):
+    """An edit: small fast run, and LumiX Save Maps on the maps (from the sampler or from Split Maps)."""
+    def edit(prompt):
+        set_sampler(width=size, height=size, steps=steps)(prompt)
+        source = next(k for k, v in prompt.items() if v["class_type"] in ("LumiXSampler", "LumiXSplitMaps"))
+        for k in [k for k, v in prompt.items() if v["class_type"] in ("SaveImage", "LumiXSaveMaps")]:
+            del prompt[k]
+        prompt["900"] = {"class_type": "LumiXSaveMaps", "inputs": {
+            **{name: [source, i] for i, name in enumerate(MAP_NAMES)}, "filename_prefix": prefix, "fov_degrees": 60.0}}
+    return edit
+
+
+MAP_NAMES = ("albedo", "irradiance", "color", "depth", "normal")
+
+
+def test_both_routes_save_the_same_scene_and_the_training_reader_takes_it(run_shipped, output_dir):
+    from PIL import Image
+    from provenance_reader import scan_dataset
+    for name, prefix in (("lumix_text_to_intrinsic", "routes/all_in_one"),
+                         ("lumix_composable_sampler_custom_advanced", "routes/composable")):
+        run_shipped(name, with_save_maps(prefix), loaders=FIXTURE_LOADERS)  # the tiny FLUX really runs
+    a, b = output_dir / "routes" / "all_in_one_00001", output_dir / "routes" / "composable_00001"
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    for path in a.iterdir():
+        other = b / path.name
+        if path.name == "lumix.json":
+            ja, jb = json.loads(path.read_text()), json.loads(other.read_text())
+            assert ja == jb
+            generation = ja["generation"]
+            assert generation["prompt"].startswith("a cozy living room") and generation["negative_prompt"].startswith("blurry")
+            assert (generation["seed"], generation["steps"], generation["cfg"]) == (42, 3, 3.0)
+            assert (generation["schedule"], generation["scenes"], generation["given_maps"]) == ("reference", 1, [])
+            assert generation["lumix_checkpoint"] == TINY_CHECKPOINT and generation["lumix_strength"] == 1.0
+        elif path.suffix == ".png":  # the pixels (the 8-bit files also embed each route's own workflow)
+            pa, pb = numpy.asarray(Image.open(path)), numpy.asarray(Image.open(other))
+            assert pa.dtype == pb.dtype and numpy.array_equal(pa, pb), path.name
+            assert pa.std() > 0  # not a blank map
+        else:
+            assert path.read_bytes() == other.read_bytes(), path.name
+    scan = scan_dataset(str(output_dir / "routes"))
+    assert sorted(s.scene_id for s in scan.scenes) == ["all_in_one_00001", "composable_00001"] and not scan.skipped
+    assert all(s.caption.startswith("a cozy living room") for s in scan.scenes)
+
+
+def test_provenance_records_models_held_maps_and_legacy_values_as_keys(all_nodes):
+    from provenance_reader import generation_info
+    photo = load(LEGACY_DIR / "api" / "lumix_photo_decomposition_api.json")  # shipped before the option keys
+    save = {"class_type": "LumiXSaveMaps", "inputs": {"albedo": ["10", 0]}}
+    info = generation_info({**photo, "900": save}, "900")
+    assert info["given_maps"] == ["color"] and info["held_maps_guidance"] == "reference"
+    assert (info["held_maps_resize"], info["held_maps_size"], info["area_width"]) == ("stretch", "from_given", 1536)
+    assert (info["base_model"], info["lumix_checkpoint"]) == ("flux1-dev.safetensors", "lumix.safetensors")
+    new = load(REPO / "workflows" / "api" / "lumix_photo_decomposition_api.json")
+    assert generation_info({**new, "900": save}, "900") == info
+    assert generation_info({"1": {"class_type": "LoadImage", "inputs": {}}, "900": save}, "900") == {}
+
+
+@pytest.mark.parametrize("name", [p.stem.replace("_api", "") for p in sorted((LEGACY_DIR / "api").glob("*_api.json"))])
+def test_api_prompts_shipped_before_the_option_keys_still_validate(placeholder_models, name):
+    prompt = load(LEGACY_DIR / "api" / f"{name}_api.json")
+    valid, error, _outputs, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
+    assert valid, f"{error} {json.dumps(node_errors)[:2000]}"
+    bad = json.loads(json.dumps(prompt))
+    for node in bad.values():
+        if "held_maps_resize" in node["inputs"] or "depth_convention" in node["inputs"]:
+            node["inputs"].update({k: "squash" for k in ("held_maps_resize", "depth_convention") if k in node["inputs"]})
+            _valid, _error, _outputs, node_errors = asyncio.run(execution.validate_prompt("test", bad, None))
+            assert "unknown held_maps_resize 'squash'" in json.dumps(node_errors) or \
+                "unknown depth_convention 'squash'" in json.dumps(node_errors)
+
+
+def test_the_legacy_photo_workflow_runs_as_the_new_one(run_shipped):
+    runs = []
+    for folder in (LEGACY_DIR / "api", REPO / "workflows" / "api"):
+        run_shipped("lumix_photo_decomposition", set_sampler(steps=2, area_width=64, area_height=48), folder=folder)
+        runs.append([(c["t"], c["guidance"], c["conds"]) for c in MODEL_CALLS])
+    assert runs[0] and len(runs[0]) == len(runs[1])
+    for (ta, ga, ca), (tb, gb, cb) in zip(*runs):
+        assert torch.equal(ta, tb) and torch.equal(ga, gb) and ca == cb == [0]  # guidance 1.0, no CFG, both
