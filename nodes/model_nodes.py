@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import folder_paths
 from comfy_api.v0_0_2 import io
@@ -34,23 +35,26 @@ def register_model_folder() -> None:
     folder_paths.folder_names_and_paths[LUMIX_FOLDER] = (paths, set(extensions) | CHECKPOINT_EXTENSIONS)
 
 
-# Which files of models/loras are LumiX checkpoints: header reads, remembered per (size, mtime).
+# Which files of models/loras are LumiX checkpoints: header reads, remembered per (size, mtime). ComfyUI
+# builds the schema (and so this list) from the server thread and the worker thread: one at a time.
 _LORA_FILES = LumiXFileCache()
+_LORA_FILES_LOCK = threading.Lock()
 
 
 def checkpoint_choices() -> list[str]:
     """Every file of models/lumix, and the files of models/loras whose header holds LumiX keys."""
     names = set(folder_paths.get_filename_list(LUMIX_FOLDER))
     seen = set()
-    for name in folder_paths.get_filename_list("loras"):
-        if name in names or os.path.splitext(name)[1].lower() not in CHECKPOINT_EXTENSIONS:
-            continue
-        path = folder_paths.get_full_path("loras", name)
-        if path is not None:
-            seen.add(path)
-            if _LORA_FILES.is_lumix(path):
-                names.add(name)
-    _LORA_FILES.forget_missing(seen)
+    with _LORA_FILES_LOCK:
+        for name in folder_paths.get_filename_list("loras"):
+            if name in names or os.path.splitext(name)[1].lower() not in CHECKPOINT_EXTENSIONS:
+                continue
+            path = folder_paths.get_full_path("loras", name)
+            if path is not None:
+                seen.add(path)
+                if _LORA_FILES.is_lumix(path):
+                    names.add(name)
+        _LORA_FILES.forget_missing(seen)
     return sorted(names)
 
 

@@ -81,3 +81,46 @@ def test_an_unwritable_models_folder_is_reported_not_fatal(tmp_path, monkeypatch
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "lumix", ([], set()))
     extension_module().nodes.model_nodes.register_model_folder()
     assert "could not create" in caplog.text and "models/loras" in caplog.text
+
+
+def test_the_menu_is_built_safely_from_the_server_and_worker_threads_at_once(model_dirs, monkeypatch):
+    """ComfyUI calls define_schema from several threads: the shared record of which loras are LumiX files
+    must not be read while another thread changes it (a header read is slowed here to widen the window)."""
+    import threading
+    import time
+    _, loras = model_dirs
+    for i in range(6):
+        save_file(official_state_dict() if i % 2 else {"x": torch.zeros(2)}, str(loras / f"f{i}.safetensors"))
+    import sys
+    model_nodes = sys.modules[extension_module().__name__ + ".nodes.model_nodes"]
+    sniff = type(model_nodes._LORA_FILES).__module__
+    real = sys.modules[sniff].is_lumix_file
+
+    inside, most = [0], [0]  # threads inside a header read of the shared record at once
+
+    def slow(path):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.002)
+        try:
+            return real(path)
+        finally:
+            inside[0] -= 1
+    monkeypatch.setattr(sys.modules[sniff], "is_lumix_file", slow)
+    errors, results = [], []
+
+    def build(k):
+        try:
+            for j in range(15):
+                folder_paths.filename_list_cache.pop("loras", None)
+                os.utime(loras / f"f{(k + j) % 6}.safetensors", ns=(j, j))  # a changed file is read again
+                results.append(model_nodes.checkpoint_choices())
+        except Exception as exc:  # noqa: BLE001  (any error is the failure this test looks for)
+            errors.append(exc)
+    threads = [threading.Thread(target=build, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and most[0] == 1
+    assert all(r == ["f1.safetensors", "f3.safetensors", "f5.safetensors"] for r in results)
