@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from io import BytesIO
 
 import numpy as np
@@ -44,11 +45,52 @@ def _map_inputs():
     return [io.Image.Input(spec.name, optional=True, tooltip=f"{spec.name}: {spec.meaning}.") for spec in MAPS]
 
 
+MAX_WARNING_LINES = 3  # in the node's box; the console lists every warning
+_WHERE = re.compile(r"^(scene|image) (\d+): ")
+
+
+def summarised_warnings(warnings: list[str], limit: int = MAX_WARNING_LINES) -> list[str]:
+    """Warning lines for the node's box: the same warning of several scenes/images on one line ("scenes 1,
+    2: ..."), at most `limit` lines, then how many more the console lists."""
+    grouped: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    for warning in warnings:
+        match = _WHERE.match(warning)
+        text = warning[match.end():] if match else warning
+        if match:
+            grouped.setdefault(text, []).append(match.group(2))
+            kinds[text] = match.group(1)
+        else:
+            grouped.setdefault(text, [])
+    lines = []
+    for text, where in grouped.items():
+        prefix = f"{kinds[text]}{'s' if len(where) > 1 else ''} {', '.join(where)}: " if where else ""
+        lines.append(f"WARNING: {prefix}{text}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"WARNING: {len(lines) - limit} more (see the console)"]
+    return lines
+
+
 def _readout(node: str, lines: list[str], warnings: list[str]) -> ui.PreviewText:
-    """The text a tool node shows in the UI: warnings first (also logged), then its numbers."""
+    """The text a tool node shows in the UI: its numbers first (one line per scene or image), then the
+    warnings, summarised (every one is also logged)."""
     for warning in warnings:
         _LOG.warning("%s: %s", node, warning)
-    return ui.PreviewText("\n".join([f"WARNING: {w}" for w in warnings] + lines))
+    return ui.PreviewText("\n".join(lines + summarised_warnings(warnings)))
+
+
+def _consistency_line(report) -> str:
+    """One scene's three numbers on one line (the report output has them in full)."""
+    p, g, s = report.photometric, report.geometric, report.structural
+    parts = []
+    if p:
+        parts.append(f"photometric {p['residual']:.4f} ({100 * p['relative']:.1f}% of color)")
+    if g:
+        parts.append(f"geometric {g['mean_degrees']:.1f} deg")
+    if s:
+        parts.append(f"alignment {s['alignment']:.3f}")
+    parts += [f"{check} needs {' and '.join(needs)}" for check, needs in report.missing.items()]
+    return ", ".join(parts) or "nothing to measure"
 
 
 def _checked(node: str, maps: dict) -> dict:
@@ -119,13 +161,14 @@ class LumiXConsistency(io.ComfyNode):
         maps = _checked("LumiX Map Consistency", maps)
         scenes, height, width = _given_scenes(maps)
         heat = {key: [] for key in ("photometric", "geometric", "structural")}
-        lines, warnings = [], []
+        lines, shown, warnings = [], [], []
         for s in range(scenes):
             report = consistency({name: image[s] for name, image in maps.items()}, fov_degrees,
                                  near_is_bright=near_is_bright)
             if scenes > 1:
                 lines.append(f"scene {s + 1}:")
             lines.append(report.text())
+            shown.append(_per_image("scene", s, scenes) + _consistency_line(report))
             warnings += [_per_image("scene", s, scenes) + w for w in consistency_warnings(report)]
             for key, top in (("photometric", PHOTOMETRIC_TOP), ("geometric", GEOMETRIC_TOP_DEGREES), ("structural", 1.0)):
                 result = getattr(report, key)
@@ -133,8 +176,8 @@ class LumiXConsistency(io.ComfyNode):
                 heat[key].append(apply_colormap(values, "inferno").float())
         text = "\n".join(lines)
         outputs = [torch.stack(heat[key]) for key in ("photometric", "geometric", "structural")]
-        # The report output carries the numbers only; the node also shows what looks wrong, first.
-        return io.NodeOutput(*outputs, text, ui=_readout("LumiX Map Consistency", lines, warnings))
+        # The report output carries the full numbers; the node shows one line per scene, then what looks wrong.
+        return io.NodeOutput(*outputs, text, ui=_readout("LumiX Map Consistency", shown, warnings))
 
 
 class LumiXRelight(io.ComfyNode):
@@ -176,10 +219,10 @@ class LumiXRelight(io.ComfyNode):
         out = relight(albedo, normal, azimuth, elevation, rgb, intensity, ambient, irradiance).float()
         direction = light_direction(azimuth, elevation)
         # short lines: the node shows them in a small box (direction in camera space, +z towards the viewer)
-        lines = [f"light from ({direction[0]:+.2f}, {direction[1]:+.2f}, {direction[2]:+.2f}), colour "
+        light = (f"light from ({direction[0]:+.2f}, {direction[1]:+.2f}, {direction[2]:+.2f}), colour "
                  f"({rgb[0]:.2f}, {rgb[1]:.2f}, {rgb[2]:.2f}) x {intensity:g}, "
-                 f"ambient {ambient:g} x {'irradiance' if irradiance is not None else 'white'}"]
-        warnings = []
+                 f"ambient {ambient:g} x {'irradiance' if irradiance is not None else 'white'}")
+        lines, warnings = [], []
         for i in range(out.shape[0]):
             stats, light_warnings = relight_readout(normal[i], direction, out[i])
             _, normal_warnings = normal_readout(normal[i])
@@ -187,7 +230,7 @@ class LumiXRelight(io.ComfyNode):
             lines.append(f"{prefix}light reaches {100 * stats['lit']:.0f}% of pixels; "
                          f"{100 * stats['clipped']:.1f}% clipped at white")
             warnings += [prefix + w for w in normal_warnings + light_warnings]
-        return io.NodeOutput(out, ui=_readout("LumiX Relight", lines, warnings))
+        return io.NodeOutput(out, ui=_readout("LumiX Relight", lines + [light], warnings))
 
 
 class LumiXDepthColormap(io.ComfyNode):
@@ -223,12 +266,13 @@ class LumiXDepthColormap(io.ComfyNode):
         input_near_is_bright = option_key("depth_convention", depth_convention) == DEPTH_NEAR_IS_BRIGHT
         out = colorize_depth(depth.double(), colormap, input_near_is_bright, near_points)
         end = "top (warm/bright)" if near_points else "bottom (cool/dark)"
-        lines, warnings = [f"near points at the {end} end of {colormap}, range stretched per image"], []
+        lines, warnings = [], []
         for i in range(depth.shape[0]):
             line, flat = depth_readout(depth[i], input_near_is_bright)
             prefix = _per_image("image", i, depth.shape[0])
             lines.append(prefix + line)
             warnings += [prefix + w for w in flat]
+        lines.append(f"near points at the {end} end of {colormap}, range stretched per image")
         return io.NodeOutput(out.float(), ui=_readout("LumiX Depth Colormap", lines, warnings))
 
 

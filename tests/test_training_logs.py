@@ -60,3 +60,12 @@ def test_consistency_summary_prefers_aligned_maps():
     assert good["photometric_residual"] < bad["photometric_residual"]
     assert good["geometric_degrees"] < 5 and good["structural_alignment"] > bad["structural_alignment"]
     assert consistency_summary([{"color": aligned["color"]}]) == {}
+
+
+def test_axis_ends_never_read_the_same_number():
+    from lumix_core.training.logs import axis_labels
+    assert axis_labels(95.64, 95.61) == ("95.64", "95.61")
+    assert axis_labels(2.0, 1.0) == ("2", "1")
+    assert axis_labels(0.123456, 0.123411) == ("0.1235", "0.1234")
+    hi, lo = axis_labels(1234.5, 0.001)
+    assert hi == "1.23e+03" and lo == "0.001"

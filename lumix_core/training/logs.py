@@ -79,6 +79,16 @@ def _series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
 COLOURS = [(220, 60, 60), (60, 120, 220), (40, 160, 80), (200, 140, 20), (150, 70, 200), (20, 160, 170)]
 
 
+def axis_labels(hi: float, lo: float) -> tuple[str, str]:
+    """The two ends of a panel's axis with as many significant digits (3 to 8) as it takes for them to
+    differ: a metric that moves little (95.61 to 95.64) must not read '95.6' at both ends."""
+    for digits in range(3, 9):
+        labels = f"{hi:.{digits}g}", f"{lo:.{digits}g}"
+        if labels[0] != labels[1]:
+            return labels
+    return labels
+
+
 def render_plot(records: list[dict], size=(768, 384)) -> Image.Image:
     """One panel per series (loss first, then each validation metric), each scaled to its own range."""
     series = _series(records)
@@ -102,8 +112,9 @@ def render_plot(records: list[dict], size=(768, 384)) -> Image.Image:
         s0, s1 = min(steps), max(max(steps), min(steps) + 1)
         draw.rectangle([left, top + 14, right, bottom], outline=(180, 180, 180))
         draw.text((4, top + 2), f"{name}  last {values[-1]:.4g}", fill=COLOURS[p % len(COLOURS)])
-        draw.text((4, top + 16), f"{hi:.3g}", fill=(90, 90, 90))
-        draw.text((4, bottom - 10), f"{lo:.3g}", fill=(90, 90, 90))
+        hi_label, lo_label = axis_labels(hi, lo)
+        draw.text((4, top + 16), hi_label, fill=(90, 90, 90))
+        draw.text((4, bottom - 10), lo_label, fill=(90, 90, 90))
         xy = [(left + (right - left) * (s - s0) / (s1 - s0), bottom - (bottom - top - 14) * (v - lo) / (hi - lo))
               for s, v in points]
         if len(xy) == 1:

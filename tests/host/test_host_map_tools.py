@@ -36,8 +36,12 @@ def test_consistency_on_sampler_maps(sampled):
     for heat in (heat_p, heat_g, heat_s):
         assert heat.shape == (2, 64, 64, 3) and heat.min() >= 0 and heat.max() <= 1
     assert report.count("photometric residual:") == 2 and "scene 2:" in report
-    shown = out.ui.as_dict()["text"][0]  # random tiny-model maps: warnings first, then the report
-    assert shown.endswith(report) and all(line.startswith("WARNING: scene ") for line in shown[:-len(report)].splitlines())
+    shown = out.ui.as_dict()["text"][0].splitlines()  # random tiny-model maps: one line per scene, then warnings
+    assert shown[0].startswith("scene 1: photometric ") and shown[1].startswith("scene 2: photometric ")
+    p1 = float(report.split("photometric residual: ")[1].split()[0])
+    assert f"photometric {p1:.4f} (" in shown[0]
+    assert shown[2:] and all(line.startswith("WARNING: scene") for line in shown[2:5]) and len(shown[2:]) <= 4
+    assert all(line.startswith("WARNING: ") for line in shown[2:])
 
 
 def test_consistency_separates_consistent_from_broken_maps():

@@ -30,8 +30,13 @@ def test_consistency_shows_its_report_and_tool_nodes_are_output_nodes(maps):
     good, _ = maps
     out = NODES["LumiXConsistency"].execute(FOV, "far is bright (LumiX)", **good)
     report = out.result[3]
-    assert shown(out) == report and "WARNING" not in report
-    assert float(report.split("photometric residual: ")[1].split()[0]) < 0.001
+    assert "WARNING" not in report and "WARNING" not in shown(out)
+    residual = float(report.split("photometric residual: ")[1].split()[0])
+    degrees = float(report.split("geometric residual: ")[1].split()[0])
+    alignment = float(report.split("structural alignment: ")[1].split()[0])
+    assert residual < 0.001
+    # the node: the three numbers on one line (the report output keeps them in full)
+    assert shown(out) == f"photometric {residual:.4f} (0.0% of color), geometric {degrees:.1f} deg, alignment {alignment:.3f}"
     for key in ("LumiXConsistency", "LumiXRelight", "LumiXDepthColormap", "LumiXNormalFlip"):
         # output nodes run with nothing connected, and a cached one's readout is sent again
         assert NODES[key].GET_NODE_INFO_V1()["output_node"] is True, key
@@ -44,10 +49,12 @@ def test_consistency_warns_in_the_node_and_the_log_per_scene(maps, caplog):
     with caplog.at_level(logging.WARNING, logger="LumiX"):
         out = NODES["LumiXConsistency"].execute(FOV, "far is bright (LumiX)", **batch)
     text = shown(out)
-    warnings = [line for line in text.splitlines() if line.startswith("WARNING:")]
-    assert warnings and all(w.startswith("WARNING: scene 2: ") for w in warnings)  # scene 1 is clean
+    lines = text.splitlines()
+    warnings = [line for line in lines if line.startswith("WARNING:")]
+    assert lines[0].startswith("scene 1: photometric") and lines[1].startswith("scene 2: photometric")  # numbers first
+    assert lines[2:] == warnings and all(w.startswith("WARNING: scene 2: ") for w in warnings)  # scene 1 is clean
     assert any("albedo is misaligned with color: its content sits 3 px right" in w for w in warnings)
-    assert "scene 1:" in text and "scene 2:" in text and "WARNING" not in out.result[3]  # the STRING output: numbers only
+    assert "scene 1:" in out.result[3] and "WARNING" not in out.result[3]  # the STRING output: numbers only
     assert any("albedo is misaligned" in r.getMessage() for r in caplog.records)
 
 
@@ -59,7 +66,9 @@ def test_relight_shows_light_and_coverage(maps):
     facing = (sc["N"][..., 2] > 0).double().mean().item()  # light from the camera reaches what faces it
     assert f"light reaches {100 * facing:.0f}% of pixels" in text and "WARNING" not in text
     behind = shown(NODES["LumiXRelight"].execute(good["albedo"], good["normal"], 0.0, -90.0, "#ffffff", 1.0, 0.15))
-    assert behind.startswith("WARNING: the light reaches only 0% of pixels")
+    lines = behind.splitlines()  # the numbers first, then the light, then the warnings
+    assert lines[0] == "light reaches 0% of pixels; 0.0% clipped at white" and lines[1].startswith("light from (")
+    assert lines[2].startswith("WARNING: the light reaches only 0% of pixels")
 
 
 def test_depth_colormap_shows_each_images_range(maps):
@@ -77,8 +86,18 @@ def test_normal_flip_shows_the_y_axis_it_flipped(maps):
     mean_y = sc["N"][..., 1].mean().item()
     out = NODES["LumiXNormalFlip"].execute(good["normal"])
     assert f"mean y {mean_y:+.3f} -> {-mean_y:+.3f}" in shown(out)
-    not_normals = shown(NODES["LumiXNormalFlip"].execute(torch.zeros(1, 8, 8, 3)))
-    assert not_normals.startswith("WARNING: this does not look like a camera-space normal map")
+    not_normals = shown(NODES["LumiXNormalFlip"].execute(torch.zeros(1, 8, 8, 3))).splitlines()
+    assert not_normals[0].startswith("mean y ") and not_normals[1].startswith("WARNING: this does not look like a camera")
+
+
+def test_warnings_of_several_scenes_are_summarised_in_the_node():
+    import sys
+    summarised = sys.modules[next(n for n in sys.modules if n.endswith("nodes.map_tool_nodes"))].summarised_warnings
+    same = [f"scene {i}: depth is flat" for i in (1, 2, 3)] + ["scene 2: albedo is misaligned"]
+    assert summarised(same) == ["WARNING: scenes 1, 2, 3: depth is flat", "WARNING: scene 2: albedo is misaligned"]
+    many = [f"image {i}: warning {i}" for i in range(1, 8)]
+    assert summarised(many) == ["WARNING: image 1: warning 1", "WARNING: image 2: warning 2",
+                                "WARNING: image 3: warning 3", "WARNING: 4 more (see the console)"]
 
 
 def test_the_web_extension_that_shows_node_text_is_registered():
