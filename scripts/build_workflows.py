@@ -105,12 +105,16 @@ def note(node_id, pos, text, size=(360, 200)):
 
 # Columns of the layout (x of each column); rows are chosen per node so nothing overlaps and the
 # sampler and image nodes have room below them for their previews.
-COL_TEXT, COL_LOADERS, COL_MODEL, COL_GUIDE, COL_SAMPLER, COL_OUT = -320, 40, 420, 880, 1230, 1650
+COL_TEXT, COL_LOADERS, COL_MODEL, COL_GUIDE, COL_SAMPLER, COL_OUT = -320, 40, 420, 880, 1330, 2010
+# The VAE's links run to the far right (sampler, Split Maps) along a lane above every other node.
+ROW_VAE = -120
 SAMPLER_SIZE = (380, 760)
 
 
-def shared_nodes():
-    """Loaders, prompts and the LumiX model: the part every workflow shares."""
+def shared_nodes(text_row=0):
+    """Loaders, prompts and the LumiX model: the part every workflow shares; `text_row` moves the text
+    chain (encoders, T5 padding, prompts, guidance) down."""
+    y = text_row
     return [
         Node(1, "UNETLoader", (COL_LOADERS, 80), (320, 82), "Load FLUX.1-dev",
              widgets={"unet_name": FLUX_UNET, "weight_dtype": "default"}, outputs=(("MODEL", "MODEL"),),
@@ -118,24 +122,24 @@ def shared_nodes():
         # The text chain runs left to right: text encoders (a column left of the other loaders), T5 padding
         # in the loaders' column, then the prompts (a node fed from its own column is reached by a link that
         # loops back behind the nodes of that column).
-        Node(2, "DualCLIPLoader", (COL_TEXT, 330), (320, 130), "Load text encoders",
+        Node(2, "DualCLIPLoader", (COL_TEXT, 330 + y), (320, 130), "Load text encoders",
              widgets={"clip_name1": CLIP_L, "clip_name2": T5XXL, "type": "flux", "device": "default"},
              outputs=(("CLIP", "CLIP"),), models=(CLIP_L, T5XXL)),
-        Node(3, "VAELoader", (COL_LOADERS, 220), (320, 58), "Load FLUX VAE",
+        Node(3, "VAELoader", (COL_LOADERS, ROW_VAE), (320, 58), "Load FLUX VAE",
              widgets={"vae_name": FLUX_VAE}, outputs=(("VAE", "VAE"),), models=(FLUX_VAE,)),
         Node(4, "LumiXTensorLoRALoader", (COL_MODEL, 80), (330, 130), "LumiX Tensor LoRA Loader",
              widgets={"lumix_name": LUMIX_CHECKPOINT, "strength": 1.0, "query_broadcast": True, "adapter_dtype": "auto"},
              inputs={"model": (1, 0, "MODEL")}, outputs=(("MODEL", "MODEL"),)),
-        Node(5, "T5TokenizerOptions", (COL_LOADERS, 330), (340, 82), "T5 padded to 512 tokens (as the reference)",
+        Node(5, "T5TokenizerOptions", (COL_LOADERS, 330 + y), (340, 82), "T5 padded to 512 tokens (as the reference)",
              widgets={"min_padding": 0, "min_length": T5_MIN_LENGTH},
              inputs={"clip": (2, 0, "CLIP")}, outputs=(("CLIP", "CLIP"),)),
-        Node(6, "CLIPTextEncode", (COL_MODEL, 410), (420, 170), POSITIVE_TITLE,
+        Node(6, "CLIPTextEncode", (COL_MODEL, 410 + y), (420, 170), POSITIVE_TITLE,
              widgets={"text": DEFAULT_PROMPT}, inputs={"clip": (5, 0, "CLIP")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
-        Node(7, "CLIPTextEncode", (COL_MODEL, 640), (420, 140), "Negative prompt (the reference's)",
+        Node(7, "CLIPTextEncode", (COL_MODEL, 640 + y), (420, 140), "Negative prompt (the reference's)",
              widgets={"text": NEGATIVE_PROMPT}, inputs={"clip": (5, 0, "CLIP")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
-        Node(8, "FluxGuidance", (COL_GUIDE, 410), (300, 58), "Guidance 3.5",
+        Node(8, "FluxGuidance", (COL_GUIDE, 410 + y), (300, 58), "Guidance 3.5",
              widgets={"guidance": 3.5}, inputs={"conditioning": (6, 0, "CONDITIONING")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
-        Node(9, "FluxGuidance", (COL_GUIDE, 640), (300, 58), "Guidance 3.5",
+        Node(9, "FluxGuidance", (COL_GUIDE, 640 + y), (300, 58), "Guidance 3.5",
              widgets={"guidance": 3.5}, inputs={"conditioning": (7, 0, "CONDITIONING")}, outputs=(("CONDITIONING", "CONDITIONING"),)),
     ]
 
@@ -143,30 +147,37 @@ def shared_nodes():
 SAMPLER_OUTPUTS = tuple((name, "IMAGE") for name in MAP_NAMES) + (("latent", "LATENT"),)
 
 
-def sampler(cfg, extra_inputs=None):
+def sampler(cfg, extra_inputs=None, pos=(COL_SAMPLER, 80)):
     inputs = {"model": (4, 0, "MODEL"), "positive": (8, 0, "CONDITIONING"), "negative": (9, 0, "CONDITIONING"),
               "vae": (3, 0, "VAE")}
     inputs.update(extra_inputs or {})
-    return Node(10, "LumiXSampler", (COL_SAMPLER, 80), SAMPLER_SIZE, "LumiX Intrinsic Sampler",
+    return Node(10, "LumiXSampler", pos, SAMPLER_SIZE, "LumiX Intrinsic Sampler",
                 widgets={"seed": 42, "steps": 50, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
                          "width": 512, "height": 512, "scenes": 1, "shared_noise": True,
                          "schedule": "reference", "held_maps_guidance": "reference", "held_maps_size": "from_given",
                          "area_width": 1536, "area_height": 1152, "held_maps_resize": "stretch", "output_size": "sampled"}, inputs=inputs, outputs=SAMPLER_OUTPUTS)
 
 
-def image_grid(first_id, node_type, sources, prefix=SAVE_PREFIX, x0=COL_OUT, y0=80):
-    """One SaveImage/PreviewImage per map in a 3-column grid, with room for each image."""
+IMAGE_COLUMN_GAP, IMAGE_STEP, IMAGE_SIZE = 200, 310, (260, 280)
+
+
+def image_grid(first_id, node_type, sources, prefix=SAVE_PREFIX, x0=COL_SAMPLER + SAMPLER_SIZE[0] + IMAGE_COLUMN_GAP,
+               y0=80):
+    """One SaveImage/PreviewImage per map, stacked in one column with room for each image. One column,
+    far enough right of the node feeding them, so that no link to a lower node runs behind an upper one
+    (tests/test_workflows.py checks every link against every node)."""
     nodes = []
     for k, (name, src) in enumerate(sources):
         widgets = {"filename_prefix": prefix + name} if node_type == "SaveImage" else {}
-        nodes.append(Node(first_id + MAP_NAMES.index(name), node_type, (x0 + 300 * (k % 3), y0 + 380 * (k // 3)),
-                          (280, 330), f"{'Save' if node_type == 'SaveImage' else 'Preview'} {name}",
+        nodes.append(Node(first_id + MAP_NAMES.index(name), node_type, (x0, y0 + IMAGE_STEP * k), IMAGE_SIZE,
+                          f"{'Save' if node_type == 'SaveImage' else 'Preview'} {name}",
                           widgets=widgets, inputs={"images": src}))
     return nodes
 
 
-def savers(skip=()):
-    return image_grid(20, "SaveImage", [(name, (10, i, "IMAGE")) for i, name in enumerate(MAP_NAMES) if name not in skip])
+def savers(skip=(), y0=80):
+    return image_grid(20, "SaveImage", [(name, (10, i, "IMAGE")) for i, name in enumerate(MAP_NAMES) if name not in skip],
+                      y0=y0)
 
 
 MODEL_NOTE = (
@@ -210,78 +221,81 @@ def photo_decomposition():
 
 
 def preview(node_id, pos, source, slot, title):
-    return Node(node_id, "PreviewImage", pos, (280, 330), title, inputs={"images": (source, slot, "IMAGE")})
+    return Node(node_id, "PreviewImage", pos, (280, 300), title, inputs={"images": (source, slot, "IMAGE")})
 
 
 def text_to_intrinsic_with_tools():
     """Text to intrinsic, then the map tools: metrics, relighting, a depth view and lossless export.
-    Every node that reads the maps sits in the column right of the sampler (short links); what shows
-    their results sits to their right. The tool nodes' sizes include the readout box that shows their
-    numbers after a run (web/lumix_readout.js), so nothing below them is covered then."""
+    Every node that reads the maps sits in one column right of the sampler, what shows their results
+    in one column right of that: each link crosses only the gap between two columns. The tool nodes'
+    sizes include the readout box that shows their numbers after a run (web/lumix_readout.js)."""
     maps = {name: (10, i, "IMAGE") for i, name in enumerate(MAP_NAMES)}
-    x, x2 = COL_OUT, COL_OUT + 340
+    x, x2 = COL_OUT, COL_OUT + 300 + 300
     return shared_nodes() + [sampler(3.0)] + [
         Node(40, "LumiXConsistency", (x, 80), (300, 300), "LumiX Map Consistency",
              widgets={"fov_degrees": 60.0, "depth_convention": "far_is_bright"}, inputs=dict(maps),
              outputs=(("photometric_heatmap", "IMAGE"), ("geometric_heatmap", "IMAGE"),
                       ("structural_heatmap", "IMAGE"), ("report", "STRING"))),
-        Node(49, "PreviewAny", (x2, 80), (300, 200), "Consistency report", inputs={"source": (40, 3, "STRING")}),
-        preview(41, (x2 + 340, 80), 40, 0, "Photometric residual"),
-        preview(42, (x2 + 660, 80), 40, 1, "Geometric residual"),
-        preview(43, (x2 + 980, 80), 40, 2, "Structural alignment"),
-        Node(44, "LumiXRelight", (x, 480), (300, 320), "LumiX Relight",
+        preview(41, (x2, 80), 40, 0, "Photometric residual"),
+        preview(42, (x2, 420), 40, 1, "Geometric residual"),
+        preview(43, (x2, 760), 40, 2, "Structural alignment"),
+        Node(49, "PreviewAny", (x2, 1100), (300, 200), "Consistency report", inputs={"source": (40, 3, "STRING")}),
+        Node(44, "LumiXRelight", (x, 420), (300, 320), "LumiX Relight",
              widgets={"azimuth": 45.0, "elevation": 45.0, "light_color": "#ffffff", "intensity": 1.0, "ambient": 0.15},
              inputs={"albedo": maps["albedo"], "normal": maps["normal"], "irradiance": maps["irradiance"]},
              outputs=(("image", "IMAGE"),)),
-        preview(45, (x2, 480), 44, 0, "Relit preview"),
-        Node(46, "LumiXDepthColormap", (x, 880), (300, 170), "LumiX Depth Colormap",
+        preview(45, (x2, 1340), 44, 0, "Relit preview"),
+        Node(46, "LumiXDepthColormap", (x, 780), (300, 200), "LumiX Depth Colormap",
              widgets={"colormap": "turbo", "near_points": True, "depth_convention": "far_is_bright"},
              inputs={"depth": maps["depth"]}, outputs=(("image", "IMAGE"),)),
-        preview(47, (x2, 880), 46, 0, "Depth (near = warm)"),
-        Node(48, "LumiXSaveMaps", (x, 1280), (600, 560), "LumiX Save Maps",
+        preview(47, (x2, 1680), 46, 0, "Depth (near = warm)"),
+        Node(48, "LumiXSaveMaps", (x, 1020), (300, 760), "LumiX Save Maps",
              widgets={"filename_prefix": "LumiX/scene", "fov_degrees": 60.0}, inputs=dict(maps)),
         note(30, MODEL_NOTE_POS, MODEL_NOTE, MODEL_NOTE_SIZE),
         note(31, NOTE_POS,
-             "Map tools (right of the sampler): the consistency node measures whether the maps agree; its report "
-             "shows in 'Consistency report' to its right, then its heat maps (darker is better). Relight checks "
+             "Map tools (right of the sampler): the consistency node measures whether the maps agree; its heat "
+             "maps (darker is better) and its full report show in the column to its right. Relight checks "
              "albedo and normals together; Save Maps writes each scene to output/LumiX/scene_NNNNN/ with 16-bit "
              "depth/normal PNGs, EXR (pip install openexr) and lumix.json.\n\n" + T5_NOTE, NOTE_SIZE),
     ]
 
 
 def composable_sampler_custom_advanced():
-    """The composable route: LumiX latent, noise and sigmas with core CFGGuider + SamplerCustomAdvanced."""
-    x, x4, x5 = COL_SAMPLER, COL_SAMPLER + 380, COL_SAMPLER + 760
+    """The composable route: LumiX latent, noise and sigmas with core CFGGuider + SamplerCustomAdvanced.
+    Everything SamplerCustomAdvanced takes sits in one column left of it; Split Maps sits in the VAE's
+    lane at the top, so the VAE's link passes above every node."""
+    x, x_sample = COL_SAMPLER, COL_SAMPLER + 330 + 250
+    x_split = x_sample + 320 + 200
     return shared_nodes() + [
-        Node(12, "LumiXEmptyLatent", (x, 80), (330, 170), "LumiX Empty Latent",
+        Node(12, "LumiXEmptyLatent", (x, 80), (330, 200), "LumiX Empty Latent",
              widgets={"width": 512, "height": 512, "scenes": 1, "area_width": 1536, "area_height": 1152},
              inputs={"model": (4, 0, "MODEL")}, outputs=(("LATENT", "LATENT"),)),
-        Node(13, "LumiXNoise", (x, 300), (330, 106), "LumiX Noise",
-             widgets={"seed": 42, "shared_noise": True},
-             outputs=(("NOISE", "NOISE"),)),
-        Node(16, "CFGGuider", (x, 460), (330, 100), "CFG 3.0 (as the reference)",
+        Node(16, "CFGGuider", (x, 330), (330, 100), "CFG 3.0 (as the reference)",
              widgets={"cfg": 3.0}, inputs={"model": (4, 0, "MODEL"), "positive": (8, 0, "CONDITIONING"),
                                            "negative": (9, 0, "CONDITIONING")},
              outputs=(("GUIDER", "GUIDER"),)),
-        Node(15, "KSamplerSelect", (x, 620), (330, 58), "Sampler", widgets={"sampler_name": "euler"},
+        Node(13, "LumiXNoise", (x, 480), (330, 106), "LumiX Noise",
+             widgets={"seed": 42, "shared_noise": True}, outputs=(("NOISE", "NOISE"),)),
+        Node(15, "KSamplerSelect", (x, 640), (330, 58), "Sampler", widgets={"sampler_name": "euler"},
              outputs=(("SAMPLER", "SAMPLER"),)),
-        Node(14, "LumiXReferenceSigmas", (x4, 560), (330, 130), "LumiX Reference Sigmas",
-             widgets={"steps": 50, "width": 512, "height": 512}, inputs={"latent": (12, 0, "LATENT")},
-             outputs=(("SIGMAS", "SIGMAS"),)),
-        Node(17, "SamplerCustomAdvanced", (x5, 80), (320, 420), "SamplerCustomAdvanced",
+        Node(14, "LumiXReferenceSigmas", (x, 750), (330, 130), "LumiX Reference Sigmas (set to the latent's size)",
+             widgets={"steps": 50, "width": 512, "height": 512}, outputs=(("SIGMAS", "SIGMAS"),)),
+        Node(17, "SamplerCustomAdvanced", (x_sample, 80), (320, 420), "SamplerCustomAdvanced",
              inputs={"noise": (13, 0, "NOISE"), "guider": (16, 0, "GUIDER"), "sampler": (15, 0, "SAMPLER"),
                      "sigmas": (14, 0, "SIGMAS"), "latent_image": (12, 0, "LATENT")},
              outputs=(("output", "LATENT"), ("denoised_output", "LATENT"))),
-        Node(18, "LumiXSplitMaps", (x5 + 380, 80), (320, 150), "LumiX Split Maps", widgets={"output_size": "sampled"},
+        Node(18, "LumiXSplitMaps", (x_split, ROW_VAE), (320, 150), "LumiX Split Maps", widgets={"output_size": "sampled"},
              inputs={"latent": (17, 0, "LATENT"), "vae": (3, 0, "VAE")},
              outputs=tuple((name, "IMAGE") for name in MAP_NAMES)),
     ] + image_grid(20, "SaveImage", [(name, (18, i, "IMAGE")) for i, name in enumerate(MAP_NAMES)],
-                   x0=x5 + 760) + [
+                   x0=x_split + 320 + IMAGE_COLUMN_GAP, y0=ROW_VAE) + [
         note(30, MODEL_NOTE_POS, MODEL_NOTE, MODEL_NOTE_SIZE),
         note(31, NOTE_POS,
              "The composable route, exactly what the LumiX Intrinsic Sampler runs: LumiX Empty Latent (scenes x 5 "
-             "maps), LumiX Noise (one noise per scene, shared by its maps), LumiX Reference Sigmas (the reference's "
-             "schedule for the latent's size) and core CFGGuider + SamplerCustomAdvanced, then LumiX Split Maps. "
+             "maps; with the model connected it checks it and the run's memory as the sampler does), LumiX Noise "
+             "(one noise per scene, shared by its maps), LumiX Reference Sigmas (the reference's schedule; set its "
+             "width and height to the latent's, or connect the latent) and core CFGGuider + SamplerCustomAdvanced, "
+             "then LumiX Split Maps (from the latent, so given maps come back exactly as given). "
              "Swap in any sampler, guider or latent tool. To decompose a photo, put LumiX Hold Maps between the "
              "model/latent and the sampler (it keeps the photo at timestep 0 with guidance 1.0 and no CFG).\n\n"
              + T5_NOTE, NOTE_SIZE),
@@ -301,29 +315,32 @@ TRAINER_WIDGETS = {
 
 
 def training_then_sampling():
-    """Train a Tensor LoRA from a dataset folder, then sample with the trained MODEL (no released checkpoint)."""
-    shared = [n for n in shared_nodes() if n.type != "LumiXTensorLoRALoader"]
+    """Train a Tensor LoRA from a dataset folder, then sample with the trained MODEL (no released checkpoint).
+    The training row on top (FLUX -> trainer -> loss plot), the text and sampling row below it."""
+    text_row = 490  # the text chain below the training row
+    shared = [n for n in shared_nodes(text_row) if n.type != "LumiXTensorLoRALoader"]
     return shared + [
-        # The training row under the prompts, every link running left to right (a node fed from its own
-        # column is reached by a loop behind the nodes between); the notes go below it.
-        Node(12, "LumiXTrainingDataset", (COL_MODEL, 850), (320, 220), "LumiX Training Dataset",
+        Node(12, "LumiXTrainingDataset", (COL_MODEL, 380), (320, 220), "LumiX Training Dataset",
              widgets={"folder": TRAINING_DATASET_FOLDER, "resolution": 512, "flip": False, "cache_folder": ""},
              inputs={"vae": (3, 0, "VAE"), "clip": (5, 0, "CLIP")},
              outputs=(("dataset", "LUMIX_TRAINING_DATA"), ("summary", "STRING"))),
-        Node(13, "LumiXTrainer", (COL_GUIDE, 850), (340, 680), "LumiX Trainer", widgets=dict(TRAINER_WIDGETS),
+        Node(13, "LumiXTrainer", (COL_GUIDE, 80), (340, 740), "LumiX Trainer", widgets=dict(TRAINER_WIDGETS),
              inputs={"model": (1, 0, "MODEL"), "dataset": (12, 0, "LUMIX_TRAINING_DATA"), "vae": (3, 0, "VAE")},
              outputs=(("MODEL", "MODEL"), ("plot", "IMAGE"), ("report", "STRING"))),
-        preview(14, (COL_SAMPLER, 900), 13, 1, "Loss and consistency metrics"),
-        sampler(3.0, {"model": (13, 0, "MODEL")}),
-    ] + savers() + [
-        note(30, (COL_LOADERS, 1130),
+        preview(14, (COL_SAMPLER, 80), 13, 1, "Loss and consistency metrics"),
+        # The sampling row's own VAE loader: the one above feeds the training row along the top lane.
+        Node(19, "VAELoader", (COL_GUIDE, 1260), (300, 58), "Load FLUX VAE (for sampling)",
+             widgets={"vae_name": FLUX_VAE}, outputs=(("VAE", "VAE"),), models=(FLUX_VAE,)),
+        sampler(3.0, {"model": (13, 0, "MODEL"), "vae": (19, 0, "VAE")}, pos=(COL_SAMPLER, 900)),
+    ] + savers(y0=900) + [
+        note(30, (COL_LOADERS, 1300),
              f"Training data: ComfyUI/input/{TRAINING_DATASET_FOLDER}/ (or an absolute path), either\n"
              "- <map>/<id>_<map>.png with the map folders diffuse_reflectance, diffuse_illumination, color, depth, "
              "normal and captions in captions_blip2/<id>_color.json (the LumiX reference), or\n"
              "- one folder per scene with albedo/irradiance/color/depth/normal.png and lumix.json (LumiX Save "
              "Maps and the headless client write these).\nThe dataset node caches VAE latents and text embeddings "
              "in .lumix_cache/.\n\n" + T5_NOTE, NOTE_SIZE),
-        note(31, (COL_LOADERS, 1480),
+        note(31, (COL_LOADERS, 1650),
              f"The trainer writes models/lumix/{TRAINED_NAME}.safetensors (loads in the LumiX Tensor LoRA Loader) "
              f"and, in models/lumix/{TRAINED_NAME}_training/, step checkpoints, a resumable state, log.jsonl and "
              "plot.png. Cancel saves the state: queue again with resume on to continue. Its MODEL output feeds "
@@ -359,8 +376,13 @@ def properties(n):
     return props
 
 
+CANVAS_MARGIN = 40  # the top-left node this far from the canvas origin, where a template opens
+
+
 def to_ui(nodes):
     links, by_id = [], {n.id: n for n in nodes}
+    dx = CANVAS_MARGIN - min(n.pos[0] for n in nodes)
+    dy = CANVAS_MARGIN + 30 - min(n.pos[1] for n in nodes)  # 30: the title bar above a node's pos
     out_links: dict[tuple, list] = {}
     in_links: dict[tuple, int] = {}
     for n in nodes:
@@ -374,7 +396,7 @@ def to_ui(nodes):
     for order, n in enumerate(sorted(nodes, key=lambda n: n.id)):
         widgets = ui_widget_values(n)
         entry = {
-            "id": n.id, "type": n.type, "pos": list(n.pos), "size": list(n.size), "flags": {}, "order": order,
+            "id": n.id, "type": n.type, "pos": [n.pos[0] + dx, n.pos[1] + dy], "size": list(n.size), "flags": {}, "order": order,
             "mode": 0,
             "inputs": [{"name": name, "type": typ, "link": in_links.get((n.id, name))} for name, typ in SOCKETS[n.type]],
             "outputs": [{"name": name, "type": typ, "links": out_links.get((n.id, slot), []), "slot_index": slot}

@@ -1,4 +1,5 @@
 """Host-free checks of the shipped workflows: parse, links, twins agree, our node types exist."""
+import math
 import sys
 from pathlib import Path
 
@@ -115,6 +116,62 @@ def backward_links(wf):
 @pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
 def test_every_link_runs_left_to_right(ui_path):
     assert backward_links(load(ui_path)) == []
+
+
+SLOT_HEIGHT = 20  # LiteGraph's NODE_SLOT_HEIGHT: slot i sits (i + 0.7) slots below the node's top
+
+
+def link_curve(wf, link, points=64):
+    """Points of a link as LiteGraph draws it (a spline from the output slot to the input slot, each
+    control point a quarter of the distance straight out of its slot)."""
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    _id, src, src_slot, dst, dst_slot, _type = link
+    a = (nodes[src]["pos"][0] + nodes[src]["size"][0], nodes[src]["pos"][1] + (src_slot + 0.7) * SLOT_HEIGHT)
+    b = (nodes[dst]["pos"][0], nodes[dst]["pos"][1] + (dst_slot + 0.7) * SLOT_HEIGHT)
+    d = math.dist(a, b) * 0.25
+    c1, c2 = (a[0] + d, a[1]), (b[0] - d, b[1])
+    out = []
+    for k in range(points + 1):
+        t = k / points
+        out.append(tuple((1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t ** 2 * p2 + t ** 3 * p3
+                         for p0, p1, p2, p3 in zip(a, c1, c2, b)))
+    return out
+
+
+def links_behind_nodes(wf):
+    """(link id, node id) for every link that runs behind a node other than its two ends (title bar
+    included), as the frontend draws the stored positions and sizes."""
+    found = []
+    for link in wf["links"]:
+        curve = link_curve(wf, link)
+        for n in wf["nodes"]:
+            if n["id"] in (link[1], link[3]):
+                continue
+            x, y = n["pos"]
+            w, h = n["size"]
+            if any(x < px < x + w and y - TITLE_HEIGHT < py < y + h for px, py in curve):
+                found.append((link[0], n["id"]))
+    return found
+
+
+@pytest.mark.parametrize("ui_path", ui_files(), ids=lambda p: p.name)
+def test_no_link_runs_behind_a_node(ui_path):
+    assert links_behind_nodes(load(ui_path)) == []
+
+
+def test_link_behind_node_check_can_fail():
+    node = lambda i, x, y: {"id": i, "pos": [x, y], "size": [200, 100]}  # noqa: E731
+    wf = {"nodes": [node(1, 0, 0), node(2, 300, 0), node(3, 600, 0)], "links": [[7, 1, 0, 3, 0, "IMAGE"]]}
+    assert links_behind_nodes(wf) == [(7, 2)]  # straight through the middle node
+    wf["nodes"][1]["pos"][1] = 300  # moved out of the way
+    assert links_behind_nodes(wf) == []
+
+
+def test_no_node_starts_left_of_or_above_the_canvas_origin():
+    """Opened from Templates the view starts at the origin: a node at negative x or y starts off-screen."""
+    for ui_path in ui_files():
+        for n in load(ui_path)["nodes"]:
+            assert n["pos"][0] >= 0 and n["pos"][1] - TITLE_HEIGHT >= 0, (ui_path.name, n["id"], n.get("title"))
 
 
 def test_backward_link_check_can_fail():
