@@ -36,9 +36,11 @@ async function focusSampler() {
     window.app.canvas.setDirty(true, true);
   });
 }
-async function run(tag, everyMs) {
-  await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);
-  await page.waitForTimeout(1000);
+async function run(tag, everyMs, reload = true) {
+  if (reload) {
+    await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);
+    await page.waitForTimeout(1000);
+  }
   await focusSampler();
   await page.evaluate(async () => { await window.app.queuePrompt(0, 1); });
   const started = Date.now();
@@ -70,11 +72,18 @@ await run("51_preview", 700);
 for (const node of workflow.nodes) if (node.type === "LumiXTensorLoRALoader") node.mode = 4;
 for (const node of workflow.nodes) if (node.type === "LumiXSampler") node.widgets_values[2] = 2;
 await run("52_unpatched", 0);
-summary.samplerTextAfterUnpatched = await page.evaluate(() => {
+const samplerText = () => page.evaluate(() => {
   const node = window.app.graph._nodes.find((n) => n.type === "LumiXSampler");
   return (node.widgets ?? []).filter((w) => typeof w.value === "string" && /patch|align/i.test(w.value))
     .map((w) => ({ name: w.name, value: w.value }));
 });
+summary.samplerTextAfterUnpatched = await samplerText();
+// The loader turned back on in the same graph (no reload) and run again: the warning must be gone.
+await page.evaluate(() => {
+  for (const n of window.app.graph._nodes) if (n.type === "LumiXTensorLoRALoader") n.mode = 0;
+});
+await run("53_patched_again", 0, false);
+summary.samplerTextAfterPatchedAgain = await samplerText();
 fs.writeFileSync(path.join(out, "preview.json"), JSON.stringify(summary, null, 2));
 console.log(JSON.stringify(summary, null, 2));
 await browser.close();

@@ -2,7 +2,9 @@
 
 Links this checkout and the test-only tiny-model nodes into <comfyui>/custom_nodes, writes tiny random
 checkpoints into models/loras (one LumiX, one other LoRA, one damaged file: the loader's menu must show
-only the first), and writes the tools workflow with the tiny models in place of the real ones.
+only the first), writes the tools workflow with the tiny models in place of the real ones, and every
+shipped workflow small and fast (tiny_<name>.json, for check_workflows.mjs) with the photo and the
+training dataset they read in <comfyui>/input.
 Run with the Python of that ComfyUI:  python scripts/ui_check/prepare.py /path/to/ComfyUI out_dir
 """
 import json
@@ -11,12 +13,14 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "host")]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "host"), str(REPO / "scripts")]
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+import build_workflows  # noqa: E402
 from tiny_flux import official_state_dict  # noqa: E402
+from training_fixtures import make_scene_folder  # noqa: E402
 
 # Sizes of tests/host/tiny_comfy.py's tiny FLUX, read from its "HIDDEN, HEADS, ... = 64, 2, ..." line
 # (importing it would import ComfyUI).
@@ -52,6 +56,46 @@ def tiny_tools_workflow(size=64, steps=2):
     return wf
 
 
+# Widget values that make each shipped workflow run in seconds on the CPU with the tiny models.
+SMALL = {"LumiXSampler": {"steps": 2, "width": 64, "height": 64, "area_width": 64, "area_height": 48},
+         "LumiXEmptyLatent": {"width": 64, "height": 64}, "LumiXReferenceSigmas": {"steps": 2, "width": 64, "height": 64},
+         "LumiXTensorLoRALoader": {"lumix_name": "lumix_in_loras.safetensors"},
+         "LumiXTrainingDataset": {"resolution": 64},
+         "LumiXTrainer": {"steps": 2, "save_every": 1, "validate_every": 2, "validation_scenes": 1,
+                          "validation_size": 64, "validation_steps": 2, "output_name": "ui_check_trained"}}
+
+
+def tiny_shipped_workflows() -> dict[str, dict]:
+    """Every shipped workflow in UI format, built by scripts/build_workflows.py with the fixture loaders and
+    SMALL's values (by widget name, so the frontend's extra widgets stay where they belong)."""
+    out = {}
+    for name, build in build_workflows.WORKFLOWS.items():
+        nodes = build()
+        for node in nodes:
+            node.widgets.update({k: v for k, v in SMALL.get(node.type, {}).items() if k in node.widgets})
+        wf = build_workflows.to_ui(nodes)
+        for node in wf["nodes"]:
+            if node["type"] in FIXTURES:
+                node["type"], node["widgets_values"] = FIXTURES[node["type"]], []
+                node.get("properties", {}).pop("models", None)
+        out[name] = wf
+    return out
+
+
+def write_inputs(comfyui: Path):
+    """The photo the decomposition workflow loads and the training workflow's dataset (tiny scenes)."""
+    from PIL import Image
+    inputs = comfyui / "input"
+    inputs.mkdir(exist_ok=True)
+    g = torch.Generator().manual_seed(3)
+    pixels = (torch.rand(48, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(inputs / "example.png")
+    dataset = inputs / build_workflows.TRAINING_DATASET_FOLDER
+    for k in range(2):
+        if not (dataset / f"scene_{k}").exists():
+            make_scene_folder(str(dataset), f"scene_{k}", seed=k, prompt=f"a tiny room {k}", width=64, height=64)
+
+
 def main(comfyui: Path, out: Path):
     custom = comfyui / "custom_nodes"
     custom.mkdir(exist_ok=True)
@@ -66,6 +110,9 @@ def main(comfyui: Path, out: Path):
     (loras / "damaged.safetensors").write_bytes(b"\x00" * 32)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tiny_tools_workflow.json").write_text(json.dumps(tiny_tools_workflow()))
+    for name, wf in tiny_shipped_workflows().items():
+        (out / f"tiny_{name}.json").write_text(json.dumps(wf))
+    write_inputs(comfyui)
     print(f"ready: {custom}, {loras}, {out / 'tiny_tools_workflow.json'}")
 
 
