@@ -105,7 +105,7 @@ def note(node_id, pos, text, size=(360, 200)):
 
 # Columns of the layout (x of each column); rows are chosen per node so nothing overlaps and the
 # sampler and image nodes have room below them for their previews.
-COL_TEXT, COL_LOADERS, COL_MODEL, COL_GUIDE, COL_SAMPLER, COL_OUT = -320, 40, 420, 880, 1330, 2010
+COL_TEXT, COL_LOADERS, COL_MODEL, COL_GUIDE, COL_SAMPLER, COL_OUT = -320, 40, 420, 880, 1330, 2090
 # The VAE's links run to the far right (sampler, Split Maps) along a lane above every other node.
 ROW_VAE = -120
 SAMPLER_SIZE = (380, 760)
@@ -230,9 +230,9 @@ def text_to_intrinsic_with_tools():
     in one column right of that: each link crosses only the gap between two columns. The tool nodes'
     sizes include the readout box that shows their numbers after a run (web/lumix_readout.js)."""
     maps = {name: (10, i, "IMAGE") for i, name in enumerate(MAP_NAMES)}
-    x, x2 = COL_OUT, COL_OUT + 300 + 300
+    x, x2 = COL_OUT, COL_OUT + 400 + 300
     return shared_nodes() + [sampler(3.0)] + [
-        Node(40, "LumiXConsistency", (x, 80), (300, 300), "LumiX Map Consistency",
+        Node(40, "LumiXConsistency", (x, 80), (400, 420), "LumiX Map Consistency",
              widgets={"fov_degrees": 60.0, "depth_convention": "far_is_bright"}, inputs=dict(maps),
              outputs=(("photometric_heatmap", "IMAGE"), ("geometric_heatmap", "IMAGE"),
                       ("structural_heatmap", "IMAGE"), ("report", "STRING"))),
@@ -240,16 +240,16 @@ def text_to_intrinsic_with_tools():
         preview(42, (x2, 420), 40, 1, "Geometric residual"),
         preview(43, (x2, 760), 40, 2, "Structural alignment"),
         Node(49, "PreviewAny", (x2, 1100), (300, 200), "Consistency report", inputs={"source": (40, 3, "STRING")}),
-        Node(44, "LumiXRelight", (x, 420), (300, 320), "LumiX Relight",
+        Node(44, "LumiXRelight", (x, 560), (400, 420), "LumiX Relight",
              widgets={"azimuth": 45.0, "elevation": 45.0, "light_color": "#ffffff", "intensity": 1.0, "ambient": 0.15},
              inputs={"albedo": maps["albedo"], "normal": maps["normal"], "irradiance": maps["irradiance"]},
              outputs=(("image", "IMAGE"),)),
         preview(45, (x2, 1340), 44, 0, "Relit preview"),
-        Node(46, "LumiXDepthColormap", (x, 780), (300, 200), "LumiX Depth Colormap",
+        Node(46, "LumiXDepthColormap", (x, 1040), (400, 260), "LumiX Depth Colormap",
              widgets={"colormap": "turbo", "near_points": True, "depth_convention": "far_is_bright"},
              inputs={"depth": maps["depth"]}, outputs=(("image", "IMAGE"),)),
         preview(47, (x2, 1680), 46, 0, "Depth (near = warm)"),
-        Node(48, "LumiXSaveMaps", (x, 1020), (300, 760), "LumiX Save Maps",
+        Node(48, "LumiXSaveMaps", (x, 1360), (400, 760), "LumiX Save Maps",
              widgets={"filename_prefix": "LumiX/scene", "fov_degrees": 60.0}, inputs=dict(maps)),
         note(30, MODEL_NOTE_POS, MODEL_NOTE, MODEL_NOTE_SIZE),
         note(31, NOTE_POS,
@@ -317,7 +317,7 @@ TRAINER_WIDGETS = {
 def training_then_sampling():
     """Train a Tensor LoRA from a dataset folder, then sample with the trained MODEL (no released checkpoint).
     The training row on top (FLUX -> trainer -> loss plot), the text and sampling row below it."""
-    text_row = 490  # the text chain below the training row
+    text_row = 700  # the text chain below the training row (and the room its report needs after a run)
     shared = [n for n in shared_nodes(text_row) if n.type != "LumiXTensorLoRALoader"]
     return shared + [
         Node(12, "LumiXTrainingDataset", (COL_MODEL, 380), (320, 220), "LumiX Training Dataset",
@@ -329,18 +329,18 @@ def training_then_sampling():
              outputs=(("MODEL", "MODEL"), ("plot", "IMAGE"), ("report", "STRING"))),
         preview(14, (COL_SAMPLER, 80), 13, 1, "Loss and consistency metrics"),
         # The sampling row's own VAE loader: the one above feeds the training row along the top lane.
-        Node(19, "VAELoader", (COL_GUIDE, 1260), (300, 58), "Load FLUX VAE (for sampling)",
+        Node(19, "VAELoader", (COL_GUIDE, 1470), (300, 58), "Load FLUX VAE (for sampling)",
              widgets={"vae_name": FLUX_VAE}, outputs=(("VAE", "VAE"),), models=(FLUX_VAE,)),
-        sampler(3.0, {"model": (13, 0, "MODEL"), "vae": (19, 0, "VAE")}, pos=(COL_SAMPLER, 900)),
-    ] + savers(y0=900) + [
-        note(30, (COL_LOADERS, 1300),
+        sampler(3.0, {"model": (13, 0, "MODEL"), "vae": (19, 0, "VAE")}, pos=(COL_SAMPLER, 1110)),
+    ] + savers(y0=1110) + [
+        note(30, (COL_LOADERS, 1510),
              f"Training data: ComfyUI/input/{TRAINING_DATASET_FOLDER}/ (or an absolute path), either\n"
              "- <map>/<id>_<map>.png with the map folders diffuse_reflectance, diffuse_illumination, color, depth, "
              "normal and captions in captions_blip2/<id>_color.json (the LumiX reference), or\n"
              "- one folder per scene with albedo/irradiance/color/depth/normal.png and lumix.json (LumiX Save "
              "Maps and the headless client write these).\nThe dataset node caches VAE latents and text embeddings "
              "in .lumix_cache/.\n\n" + T5_NOTE, NOTE_SIZE),
-        note(31, (COL_LOADERS, 1650),
+        note(31, (COL_LOADERS, 1860),
              f"The trainer writes models/lumix/{TRAINED_NAME}.safetensors (loads in the LumiX Tensor LoRA Loader) "
              f"and, in models/lumix/{TRAINED_NAME}_training/, step checkpoints, a resumable state, log.jsonl and "
              "plot.png. Cancel saves the state: queue again with resume on to continue. Its MODEL output feeds "

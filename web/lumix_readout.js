@@ -10,8 +10,9 @@ import { ComfyWidgets } from "../../scripts/widgets.js";
 const WIDGET = "lumix_readout";
 // The frontend's widget for a node's progress text (server.send_progress_text), in 1.27 and 1.35.
 const PROGRESS_TEXT_WIDGET = "$$node-text-preview";
-// 11px monospace text: about 6.6 px a character, 13 px a line; up to MAX_LINES lines shown, more scroll.
-const CHAR_WIDTH = 6.6, LINE_HEIGHT = 13, MAX_LINES = 16, PADDING = 12;
+// 11px monospace text: about 6.6-7 px a character (counted as 7.2: wrapping at a word boundary loses some),
+// 13 px a line; up to MAX_LINES lines shown, more scroll.
+const CHAR_WIDTH = 7.2, LINE_HEIGHT = 13, MAX_LINES = 16, PADDING = 16;
 
 function readoutWidget(node) {
   let widget = node.widgets?.find((w) => w.name === WIDGET);
@@ -39,8 +40,10 @@ function fitBox(node, widget) {
   widget.options.getHeight = () => height;
   widget.computeLayoutSize = () => ({ minHeight: height, maxHeight: height, minWidth: 0 });
   if (widget.element) widget.element.style.height = `${height}px`;
-  // Never narrower (neighbours sit beside a node); as tall as the widgets need, the box included.
-  node.setSize([node.size[0], node.computeSize()[1]]);
+  // Never narrower (neighbours sit beside a node); as tall as the widgets need, the box included (never
+  // shorter than it was where the node also shows images, which computeSize leaves out).
+  const needed = node.computeSize()[1];
+  node.setSize([node.size[0], node.imgs?.length ? Math.max(needed, node.size[1]) : needed]);
   node.setDirtyCanvas?.(true, true);
 }
 
