@@ -317,7 +317,7 @@ TRAINER_WIDGETS = {
 def training_then_sampling():
     """Train a Tensor LoRA from a dataset folder, then sample with the trained MODEL (no released checkpoint).
     The training row on top (FLUX -> trainer -> loss plot), the text and sampling row below it."""
-    text_row = 700  # the text chain below the training row (and the room its report needs after a run)
+    text_row = 1000  # the text chain below the training row (and the room its plot and report take after a run)
     shared = [n for n in shared_nodes(text_row) if n.type != "LumiXTensorLoRALoader"]
     return shared + [
         Node(12, "LumiXTrainingDataset", (COL_MODEL, 380), (320, 220), "LumiX Training Dataset",
@@ -327,20 +327,21 @@ def training_then_sampling():
         Node(13, "LumiXTrainer", (COL_GUIDE, 80), (340, 740), "LumiX Trainer", widgets=dict(TRAINER_WIDGETS),
              inputs={"model": (1, 0, "MODEL"), "dataset": (12, 0, "LUMIX_TRAINING_DATA"), "vae": (3, 0, "VAE")},
              outputs=(("MODEL", "MODEL"), ("plot", "IMAGE"), ("report", "STRING"))),
-        preview(14, (COL_SAMPLER, 80), 13, 1, "Loss and consistency metrics"),
+        # right of the column of the sampler below, clear of the link from the trainer down to it
+        preview(14, (COL_SAMPLER + 200, 80), 13, 1, "Loss and consistency metrics"),
         # The sampling row's own VAE loader: the one above feeds the training row along the top lane.
-        Node(19, "VAELoader", (COL_GUIDE, 1470), (300, 58), "Load FLUX VAE (for sampling)",
+        Node(19, "VAELoader", (COL_GUIDE, 1770), (300, 58), "Load FLUX VAE (for sampling)",
              widgets={"vae_name": FLUX_VAE}, outputs=(("VAE", "VAE"),), models=(FLUX_VAE,)),
-        sampler(3.0, {"model": (13, 0, "MODEL"), "vae": (19, 0, "VAE")}, pos=(COL_SAMPLER, 1110)),
-    ] + savers(y0=1110) + [
-        note(30, (COL_LOADERS, 1510),
+        sampler(3.0, {"model": (13, 0, "MODEL"), "vae": (19, 0, "VAE")}, pos=(COL_SAMPLER, 1410)),
+    ] + savers(y0=1410) + [
+        note(30, (COL_LOADERS, 1810),
              f"Training data: ComfyUI/input/{TRAINING_DATASET_FOLDER}/ (or an absolute path), either\n"
              "- <map>/<id>_<map>.png with the map folders diffuse_reflectance, diffuse_illumination, color, depth, "
              "normal and captions in captions_blip2/<id>_color.json (the LumiX reference), or\n"
              "- one folder per scene with albedo/irradiance/color/depth/normal.png and lumix.json (LumiX Save "
              "Maps and the headless client write these).\nThe dataset node caches VAE latents and text embeddings "
              "in .lumix_cache/.\n\n" + T5_NOTE, NOTE_SIZE),
-        note(31, (COL_LOADERS, 1860),
+        note(31, (COL_LOADERS, 2160),
              f"The trainer writes models/lumix/{TRAINED_NAME}.safetensors (loads in the LumiX Tensor LoRA Loader) "
              f"and, in models/lumix/{TRAINED_NAME}_training/, step checkpoints, a resumable state, log.jsonl and "
              "plot.png. Cancel saves the state: queue again with resume on to continue. Its MODEL output feeds "

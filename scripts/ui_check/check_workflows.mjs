@@ -71,7 +71,8 @@ for (const file of fs.readdirSync(dir).filter((f) => /^tiny_lumix_.*\.json$/.tes
   const historyBefore = Object.keys(await (await fetch(`${server}/history`)).json());
   // Run, as a user does: the Run button (the queue command where this frontend has no such button)
   const button = page.locator("[data-testid='queue-button']").first();
-  if (await button.count()) await button.click(); else await command("Comfy.QueuePrompt");
+  const clicked = (await button.count()) && await button.click({ timeout: 5000 }).then(() => true, () => false);
+  if (!clicked) await command("Comfy.QueuePrompt");
   const started = Date.now();
   await page.waitForTimeout(2000);
   while (Date.now() - started < 600000 && !(await idle())) await page.waitForTimeout(1500);
