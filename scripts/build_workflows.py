@@ -377,7 +377,8 @@ def properties(n):
     return props
 
 
-CANVAS_MARGIN = 40  # the top-left node this far from the canvas origin, where a template opens
+CANVAS_MARGIN = 120  # the top-left node this far from the canvas origin, where a template opens (clear of
+# the frontend's side bar and the workflow name box drawn over the canvas)
 
 
 def to_ui(nodes):
