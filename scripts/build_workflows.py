@@ -199,7 +199,7 @@ def text_to_intrinsic():
              "LumiX defaults as the reference: 512x512, 50 steps, its schedule (the sampler's 'schedule: reference'), "
              "true CFG 3.0 with its negative prompt, FluxGuidance 3.5 on both prompts, the same noise for all five "
              "maps of a scene.\n\n" + T5_NOTE + "\n\nThe sampler's preview shows the five maps of the first scene "
-             "side by side. scenes > 1 makes several scenes in one run (scene s uses seed + s). Each map is saved "
+             "side by side (start ComfyUI with --preview-method auto, or set Live preview method, to see it). scenes > 1 makes several scenes in one run (scene s uses seed + s). Each map is saved "
              "under output/LumiX/ with its own prefix.", NOTE_SIZE),
     ]
 
