@@ -19,8 +19,8 @@ from ..lumix_core.finite_check import MODEL_ADVICE, VAE_ADVICE, check_finite_map
 from ..lumix_core.given_maps import check_cover_crop, check_given_map
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps, tile_scene
 from ..lumix_core import options
-from ..lumix_core.options import (HELD_GUIDANCE_REFERENCE, OUTPUT_ORIGINAL, RESIZE_COVER, RESIZE_STRETCH,  # noqa: F401
-                                  SCHEDULE_MODEL, SCHEDULE_REFERENCE, SIZE_FROM_GIVEN, check_option, option_key)
+from ..lumix_core.options import (HELD_GUIDANCE_REFERENCE, OUTPUT_ORIGINAL, RESIZE_COVER, RESIZE_STRETCH,
+                                  SCHEDULE_REFERENCE, SIZE_FROM_GIVEN, check_option, option_key)
 from ..lumix_core.schedule import reference_sigmas, size_for_photo
 from .flux_model import NotFluxError, flux_diffusion_model
 from .patch import lumix_settings

