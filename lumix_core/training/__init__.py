@@ -31,7 +31,7 @@ API note for the distributed (torchrun) trainer -- these names are stable:
   the extension as a package outside ComfyUI's node loader.
 """
 from .adapters import LumiXAdapters
-from .cache import CachedScene, EncodedDataset, encode_dataset, latent_key, text_key
+from .cache import CacheError, CachedScene, EncodedDataset, encode_dataset, latent_key, text_key
 from .config import OPTIMIZERS, TIMESTEP_SAMPLINGS, TrainConfig
 from .data import DatasetError, DatasetScan, SceneFiles, flip_scene_images, load_scene_images, scan_dataset
 from .files import atomic_write, read_training_state, write_lora_checkpoint, write_training_state
@@ -42,7 +42,7 @@ from .timesteps import sample_held_maps, sample_map_timesteps, shifted_schedule
 from .trainer import SceneSource, StepMetrics, Trainer, TrainingStopped
 
 __all__ = [
-    "Assignment", "CachedScene", "DataOrder", "DatasetError", "DatasetScan", "EncodedDataset", "SceneFiles",
+    "Assignment", "CacheError", "CachedScene", "DataOrder", "DatasetError", "DatasetScan", "EncodedDataset", "SceneFiles",
     "encode_dataset", "flip_scene_images", "latent_key", "load_scene_images", "scan_dataset", "text_key", "FlowBatch", "LossResult", "LumiXAdapters", "OPTIMIZERS", "PRODIGY_MISSING",
     "SceneSource", "StepMetrics", "TIMESTEP_SAMPLINGS", "TrainConfig", "Trainer", "TrainingExample",
     "TrainingStopped", "atomic_write", "build_optimizer", "derived_seed", "flow_matching_loss", "make_flow_batch",
