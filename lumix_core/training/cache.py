@@ -50,6 +50,14 @@ def tokenizer_identity(options: dict) -> str:
     return ";".join(f"{k}={options[k]!r}" for k in sorted(options))
 
 
+REFERENCE_TOKENIZER = {"t5xxl_min_length": T5_MIN_LENGTH}  # the command-line trainer's tokenizer options
+
+
+def reference_text_identity(caption: str) -> str:
+    """The command-line trainer's `text_identity`: its tokenizer options are fixed (REFERENCE_TOKENIZER)."""
+    return tokenizer_identity(REFERENCE_TOKENIZER)
+
+
 def _file_digest(path: str) -> bytes:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -186,3 +186,44 @@ def test_damaged_cache_files_are_rebuilt_by_the_node(roots):
     assert "1 damaged cache file(s) encoded again" in summary
     assert again.example(0, torch.Generator().manual_seed(0), TrainConfig(resolution=32)).latents.shape == (5, 16, 4, 4)
     assert hashlib.sha256(open(again.scenes[0].latents, "rb").read()).hexdigest()  # a readable file again
+
+
+class TokenizingCLIP:
+    """ComfyUI's own CLIP.tokenize and set_tokenizer_option over its real FLUX tokenizer (CLIP-L + T5-XXL
+    vocabularies ship with ComfyUI; no weights needed); encoding records the tokens it got."""
+
+    def __init__(self):
+        import comfy.sd
+        from comfy.text_encoders.flux import FluxTokenizer
+
+        self.tokenizer, self.tokenizer_options, self.layer_idx, self.seen = FluxTokenizer(), {}, None, []
+        self.tokenize = comfy.sd.CLIP.tokenize.__get__(self)
+        self.set_tokenizer_option = comfy.sd.CLIP.set_tokenizer_option.__get__(self)
+
+    def encode_from_tokens_scheduled(self, tokens):
+        self.seen.append(tokens)
+        return [[torch.zeros(1, len(tokens["t5xxl"][0]), 4), {"pooled_output": torch.zeros(1, 3)}]]
+
+
+def test_real_flux_tokens_key_the_cache_and_the_command_line_pads_t5_to_512(monkeypatch):
+    import sys
+    from conftest import REPO
+
+    training_nodes = __import__(extension_module().__name__ + ".nodes.training_nodes", fromlist=["_text_identity"])
+    clip = TokenizingCLIP()
+    default = training_nodes._text_identity(clip)("a red chair")
+    assert len(clip.tokenize("a red chair")["t5xxl"][0]) == 256            # ComfyUI's FLUX default
+    clip.set_tokenizer_option("t5xxl_min_length", 512)
+    assert len(clip.tokenize("a red chair")["t5xxl"][0]) == 512
+    assert training_nodes._text_identity(clip)("a red chair") != default
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import lumix_comfy_models
+    lumix_comfy_models.import_extension()
+    run_module = __import__("lumix_training_run")
+    loaded = TokenizingCLIP()
+    monkeypatch.setattr(run_module.comfy_models, "load_text_encoders", lambda clip_l, t5xxl: loaded)
+    encoders = run_module.LazyEncoders(type("Cfg", (), {"model": {"clip_l": "c", "t5xxl": "t"}})())
+    context, pooled = encoders.encode_text("a red chair")
+    assert context.shape == (512, 4) and len(loaded.seen[0]["t5xxl"][0]) == 512   # the reference's padding
+    assert "lumix_training_run" in sys.modules
