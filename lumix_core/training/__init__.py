@@ -20,9 +20,10 @@ API note for the distributed (torchrun) trainer -- these names are stable:
   ``state_dict``/``load_state_dict`` (resume); ``save_checkpoint``/``save_state`` write only when
   ``is_main``, atomically (files.py).
 * ``read_training_state(path)`` (files.py) for ``--resume``.
-* Data (data.py, cache.py): ``scan_dataset(root)`` -> ``DatasetScan`` (both layouts, skip counts);
-  ``encode_dataset(scan, encode_images, encode_text, cache_dir, resolution, flip)`` ->
-  ``EncodedDataset`` (a SceneSource) with an on-disk safetensors cache keyed by content+settings;
+* Data (data.py, cache.py): ``scan_dataset(root, confine=, label=)`` -> ``DatasetScan`` (both layouts, skip
+  counts, maps read at full precision); ``encode_dataset(scan, encode_images, encode_text, cache_dir,
+  resolution, flip, text_identity=)`` -> ``EncodedDataset`` (a SceneSource) with an on-disk safetensors
+  cache keyed by content+settings, its files checked (a bad one read in training raises ``CacheError``);
   ``dataset.with_latent_transform(model.model.process_latent_in)`` before training.
 * Host side (ComfyUI as a library): nodes/training_model.py -- ``new_adapters``, ``training_model``
   (apply_lumix + per-block checkpointing), ``load_for_training``, ``prepare_base_for_autograd`` (ComfyUI

@@ -242,6 +242,8 @@ def encode_dataset(scan: DatasetScan, encode_images: ImageEncoder, encode_text: 
     skipped and counted; a cached file that does not fit is encoded again. `progress(done, total)` is
     called after each scene; `text_identity(caption)` adds what else changes a text embedding to its
     key; `cache_label` names the cache folder in messages (default: its path)."""
+    if not scan.scenes:
+        raise ValueError(f"no usable scene in {scan.label or scan.root}: nothing to encode")
     identity = text_identity or (lambda caption: "")
     label = cache_label or cache_dir
     num_maps = len(scan.scenes[0].maps)
