@@ -170,6 +170,15 @@ def test_the_text_cache_follows_the_tokenizer_settings(roots):
     layer = plain.clone()
     layer.layer_idx = -2  # CLIPSetLastLayer
     assert training_nodes._text_identity(layer)("x") != training_nodes._text_identity(plain)("x")
+    from types import SimpleNamespace
+
+    def with_lora(strength, values):  # a LoRA on the text encoder, as ModelPatcher.add_patches stores it
+        clip = plain.clone()
+        clip.patcher = SimpleNamespace(patches={"t5.weight": [(strength, (values,), 1.0, None, None)]})
+        return training_nodes._text_identity(clip)("x")
+    keys = {with_lora(1.0, torch.ones(3)), with_lora(0.5, torch.ones(3)), with_lora(1.0, torch.zeros(3)),
+            training_nodes._text_identity(plain)("x")}
+    assert len(keys) == 4 and with_lora(1.0, torch.ones(3)) == with_lora(1.0, torch.ones(3))
 
 
 def test_damaged_cache_files_are_rebuilt_by_the_node(roots):
