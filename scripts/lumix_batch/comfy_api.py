@@ -112,7 +112,7 @@ class Server:
         self.timeout = timeout
 
     def _request(self, path: str, data: bytes | None = None, headers: dict | None = None, timeout: float | None = None,
-                 limit: int = MAX_JSON_BYTES, sink=None, hint: str = "") -> bytes | int:
+                 limit: int = MAX_JSON_BYTES, sink=None, label: str = "", hint: str = "") -> bytes | int:
         """The body of a 2xx answer (or, with `sink`, its size after streaming it there).
         HTTPStatus for another status; ServerFailure when the server cannot be reached, stalls,
         trickles (deadline.py), sends more than `limit` bytes or a garbled answer."""
@@ -133,11 +133,12 @@ class Server:
                 kept = bytearray()
                 read_capped(response, MAX_JSON_BYTES, kept.extend, deadline, what, truncate=True)
                 raise HTTPStatus(response.status, bytes(kept))
+            label = label or f"the answer to {what}"
             if sink is not None:
-                return read_capped(response, limit, sink, deadline, f"the answer to {what}")
+                return read_capped(response, limit, sink, deadline, label)
             body = bytearray()
-            read_capped(response, limit, body.extend, deadline, f"the answer to {what}")
-            return bytes(body)
+            read_capped(response, limit, body.extend, deadline, label)
+            return body  # not copied to bytes: json.loads takes a bytearray
         except TooLarge as exc:
             raise TooLarge(f"{self.name}: {exc}{hint}") from None
         except (http.client.HTTPException, OSError) as exc:
@@ -277,7 +278,7 @@ class Server:
         shown = clean(ref.get("filename"), 80)
         hint = "" if shown.endswith(".json") else " (raise --max-file-mb if this server's maps are that large)"
         try:
-            return self._request(f"/view?{query}", limit=limit, sink=dest.write, hint=f" for {shown}{hint}")
+            return self._request(f"/view?{query}", limit=limit, sink=dest.write, label=shown, hint=hint)
         except HTTPStatus as exc:
             raise ServerFailure(f"{self.name}: /view of {shown} answered HTTP {exc.code}") from None
         except TooLarge:
@@ -295,7 +296,7 @@ def _reason(exc: OSError) -> str:
 
 
 def execution_error_text(data: dict) -> str:
-    return (f"ComfyUI failed while running {clean(data.get('node_type'), 60)}: "
+    return (f"ComfyUI failed while running {clean(data.get('node_type') or 'a node', 60)}: "
             f"{clean(data.get('exception_message', ''), 300)}")
 
 

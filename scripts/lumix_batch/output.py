@@ -82,12 +82,16 @@ def name_problem(name) -> str | None:
     """Why a file name a server sent cannot become a file here (None when it can)."""
     if not isinstance(name, str) or not name:
         return "not a name"
-    if any(not c.isprintable() or c in WINDOWS_FORBIDDEN for c in name):
-        return "a control character, a path separator or one of <>:\"|?*"
     try:
         size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
         return "not valid Unicode"
+    if not name.isprintable():
+        return "a control character"
+    if "/" in name or "\\" in name:
+        return "a path separator"
+    if any(c in WINDOWS_FORBIDDEN for c in name):
+        return "one of <>:\"|?*, which Windows refuses"
     if size > MAX_NAME_BYTES:
         return f"{size} bytes long, at most {MAX_NAME_BYTES}"
     if name.startswith(".") or name.endswith((".", " ", ".part")):
