@@ -63,7 +63,9 @@ def parse_args(argv):
     run.add_argument("--overwrite", action="store_true", help="start the output folder's run afresh, replacing its scenes")
     run.add_argument("--retries", type=int, default=3, help="extra attempts per scene (default 3)")
     run.add_argument("--backoff", type=float, default=2.0, help="first wait before retrying a failed server, doubling (s)")
-    run.add_argument("--idle-timeout", type=float, default=600.0, help="seconds without word from a server about a job (default 600)")
+    run.add_argument("--idle-timeout", type=float, default=600.0,
+                     help="seconds without word from a server about a job (default 600); each HTTP answer (a "
+                          "download too) gets min(this, 60) seconds plus one second per 64 KiB it delivers")
     run.add_argument("--timeout", type=float, help="stop the whole batch after this many seconds (resumable)")
     run.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB, metavar="MB",
                      help=f"refuse a downloaded file larger than this many MiB (default {DEFAULT_MAX_FILE_MB}: "
