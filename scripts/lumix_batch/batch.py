@@ -74,6 +74,7 @@ class Batch:
         self.fatal_error: str | None = None
         self.inflight: dict[tuple, tuple[Server, str]] = {}
         self.failures: list[str] = []
+        self.counts = threading.Lock()  # the per-server counters: a server's slots finish concurrently
         self.on_done = on_done or (lambda folder: None)
 
     # ---- the main thread -------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class Batch:
                     self._give_back(scene)
                     return
                 except JobFailure as exc:
-                    st.job_failures += 1
+                    self._count(st, "job_failures")
                     self.progress.server_state(st.server.name, "idle")
                     self._retry(scene, st, f"{st.server.name}: {exc}")
                 except Rejected as exc:
@@ -281,7 +282,7 @@ class Batch:
                     error = str(exc) if isinstance(exc, ServerFailure) else (
                         f"{st.server.name}: internal error on its answer ({exc.__class__.__name__}: {exc}); "
                         "please report it")
-                    st.faults, st.last_fault = st.faults + 1, error
+                    self._count(st, "faults", error)
                     self._mark_down(st, error)
                     self._retry(scene, st, error)
         except Exception as exc:  # a bug must still end in one line, with the manifest consistent
@@ -309,15 +310,18 @@ class Batch:
         status, folder, record = self._save(st, scene, entry)
         record["seconds"] = round(time.monotonic() - started, 3)
         self._finish(record)
-        if status == "done":
-            st.done += 1
-        else:
-            st.filtered += 1
+        self._count(st, "done" if status == "done" else "filtered")
         self.progress.server_state(st.server.name, "idle")
         detail = f"{steps}, {record['seconds']:.1f}s" if status == "done" else "; ".join(record["filter"])
         self.progress.scene(status, scene.id, st.server.name, detail)
         if folder:
             self.on_done(folder)
+
+    def _count(self, st: ServerState, what: str, fault: str = "") -> None:
+        with self.counts:
+            setattr(st, what, getattr(st, what) + 1)
+            if fault:
+                st.last_fault = fault
 
     def _check_stop(self) -> None:
         if self.stop.is_set():

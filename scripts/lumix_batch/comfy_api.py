@@ -131,8 +131,12 @@ class Server:
             response = conn.getresponse()
             if not 200 <= response.status < 300:
                 kept = bytearray()
-                read_capped(response, MAX_JSON_BYTES, kept.extend, deadline, what, truncate=True)
-                raise HTTPStatus(response.status, bytes(kept))
+                try:
+                    read_capped(response, MAX_JSON_BYTES, kept.extend, deadline, what, truncate=True)
+                except (http.client.HTTPException, OSError):
+                    if deadline.expired:
+                        raise
+                raise HTTPStatus(response.status, bytes(kept))  # with as much of its body as came
             label = label or f"the answer to {what}"
             if sink is not None:
                 return read_capped(response, limit, sink, deadline, label)
@@ -144,8 +148,9 @@ class Server:
         except (http.client.HTTPException, OSError) as exc:
             if deadline.expired:
                 raise ServerFailure(
-                    f"{self.name}: the answer to {what} came too slowly (slower than {MIN_RATE // 1024} KiB/s once "
-                    f"{deadline.grace:.0f}s had passed; --idle-timeout)") from None
+                    f"{self.name}: the answer to {what} came too slowly ({deadline.received} bytes of body in "
+                    f"{time.monotonic() - deadline.start:.1f}s; under {MIN_RATE // 1024} KiB/s once a grace of "
+                    f"{deadline.grace:g}s was spent; --idle-timeout)") from None
             if isinstance(exc, TimeoutError):
                 raise ServerFailure(f"{self.name}: {what} sent nothing for {grace:g}s (--idle-timeout)") from None
             if isinstance(exc, http.client.HTTPException):  # IncompleteRead, a garbled status line, ...
