@@ -338,3 +338,12 @@ def test_malformed_and_unknown_records_are_skipped_with_a_count(stubs, tmp_path,
     assert after[2:-1] == junk and after[-1] == b""
     rc, _, err = run(capsys, *args)
     assert rc == 0 and "skipped 7 lines" in err and "all 2 scenes" in err
+
+
+def test_a_garbled_rejection_is_still_one_line():
+    from lumix_batch.workflow import describe_rejection
+    for body in ({"node_errors": {"1": {"errors": {"a": 1}}}}, {"node_errors": {"1": 5}},
+                 {"node_errors": {"1": {"errors": [5, {"extra_info": [1]},
+                                                   {"type": "value_not_in_list", "extra_info": {"input_name": ["x"]}}]}}}):
+        line = describe_rejection(400, json.dumps(body).encode())
+        assert line.startswith("ComfyUI rejected the workflow") and "\n" not in line
