@@ -21,7 +21,7 @@ from .workflow import MODEL_FOLDERS, combo_options, describe_rejection, missing_
 
 MiB = 1 << 20
 MAX_JSON_BYTES = 4 * MiB  # ComfyUI's answers to the client are kilobytes; parsed JSON takes up to ~25x its size
-MAX_QUEUE_BYTES = 32 * MiB  # /queue lists every queued job with its workflow (a shared server's can be large)
+MAX_QUEUE_BYTES = 64 * MiB  # /queue lists every queued job with its workflow; scanned as it streams, never kept
 DEFAULT_MAX_FILE_MB = 512  # a 4096x4096 map is at most ~270 MB (float32 RGBA EXR, uncompressed)
 CHUNK = 256 * 1024
 MAX_WS_MESSAGE = 4 * MiB  # a text message; binary frames (latent previews) are dropped as they arrive
@@ -98,6 +98,45 @@ def read_capped(response: http.client.HTTPResponse, limit: int, sink, deadline: 
     if response.length:  # bytes announced by Content-Length that never came
         raise http.client.IncompleteRead(b"", response.length)
     return total
+
+
+class QueueScan:
+    """Where a job's id stands in a /queue answer, found in constant memory as the body streams by.
+    ComfyUI writes {"queue_running": [[number, "<id>", ...], ...], "queue_pending": [...]}. Inside
+    a JSON string every quote is escaped, so the raw bytes "<id>" (quotes included) only occur as a
+    whole string value and "queue_running"/"queue_pending" only as keys: the job is in the section
+    whose key comes last before its id."""
+
+    KEYS = {b'"queue_running"': "running", b'"queue_pending"': "pending"}
+
+    def __init__(self, prompt_id: str):
+        self.needle = json.dumps(prompt_id).encode()
+        self.keep = max(len(self.needle), *map(len, self.KEYS)) - 1  # bytes carried across chunks
+        self.tail = b""
+        self.offset = 0  # of the tail's first byte in the whole body
+        self.head = b""  # the answer's first bytes, to see it is a JSON object at all
+        self.keys: dict[str, int] = {}  # section -> offset of its key
+        self.state: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self.head) < 64:
+            self.head += chunk[: 64 - len(self.head)]
+        data = self.tail + chunk
+        fresh = len(self.tail)  # a match lying wholly in the tail was found with the last chunk
+        for token, section in self.KEYS.items():
+            at = data.find(token, max(0, fresh - len(token) + 1))
+            if at >= 0 and section not in self.keys:
+                self.keys[section] = self.offset + at
+        at = data.find(self.needle, max(0, fresh - len(self.needle) + 1))
+        if at >= 0 and self.state is None:
+            before = [(where, section) for section, where in self.keys.items() if where < self.offset + at]
+            self.state = max(before)[1] if before else None
+        cut = max(0, len(data) - self.keep)
+        self.offset += cut
+        self.tail = data[cut:]
+
+    def looks_right(self) -> bool:
+        return self.head.lstrip()[:1] == b"{" and bool(self.keys)
 
 
 class Server:
@@ -238,13 +277,17 @@ class Server:
         return entry
 
     def queue_state(self, prompt_id: str) -> str | None:
-        """"running", "pending" (waiting behind other jobs) or None (not in the server's queue)."""
-        q = self._json("/queue", limit=MAX_QUEUE_BYTES)
-        for key, state in (("queue_running", "running"), ("queue_pending", "pending")):
-            items = q.get(key) if isinstance(q.get(key), list) else []
-            if any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id for item in items):
-                return state
-        return None
+        """"running", "pending" (waiting behind other jobs) or None (not in the server's queue).
+        /queue holds every queued job with its whole workflow, tens of MB on a busy shared server:
+        it is scanned as it streams (QueueScan) instead of being parsed."""
+        scan = QueueScan(prompt_id)
+        try:
+            self._request("/queue", limit=MAX_QUEUE_BYTES, sink=scan.feed)
+        except HTTPStatus as exc:
+            raise ServerFailure(f"{self.name}: /queue answered HTTP {exc.code}") from None
+        if not scan.looks_right():
+            raise ServerFailure(f"{self.name}: /queue answered something that is not ComfyUI's queue")
+        return scan.state
 
     def cancel(self, prompt_id: str) -> None:
         """Remove the job from the queue and stop it if it runs (best effort, short timeouts)."""
