@@ -85,8 +85,8 @@ class Stub:
 
             def stream(self, mode, data, ctype="application/octet-stream"):
                 """Hostile bodies: 'endless' (no length, never ends), 'huge' (announces 2 GB and streams
-                it), 'trickle' (the real body, one byte every stub.faults['trickle_every'] seconds),
-                'trickle_head' (the status line itself trickles). Each stops after STREAM_SECONDS or when
+                it), 'trickle' (the real body, one byte every stub.faults['trickle_every'] seconds;
+                'trickle_unsized' without a Content-Length), 'trickle_head' (the status line trickles). Each stops after STREAM_SECONDS or when
                 the client hangs up."""
                 end = time.monotonic() + STREAM_SECONDS
                 every = stub.faults.get("trickle_every", 0.2)
@@ -106,6 +106,7 @@ class Stub:
                         self.send_header("Content-Length", str(2 << 30))
                     elif mode == "trickle":
                         self.send_header("Content-Length", str(len(data)))
+                    mode = "trickle" if mode == "trickle_unsized" else mode
                     self.send_header("Connection", "close")
                     self.end_headers()
                     if mode == "trickle":
@@ -125,7 +126,7 @@ class Stub:
 
             def faulty(self, name, good):
                 mode = stub.faults.get(name)
-                if mode in ("endless", "huge", "trickle", "trickle_head"):
+                if mode in ("endless", "huge", "trickle", "trickle_unsized", "trickle_head"):
                     return self.stream(mode, json.dumps(good).encode(), "application/json")
                 if mode == "500":
                     return self.reply(500, b"<html>Internal Server Error</html>", "text/html")
@@ -167,7 +168,7 @@ class Stub:
                     mode = stub.faults.get("view")
                     if stub.faults.get("view_only") not in (None, q.get("filename")):
                         mode = None
-                    if mode in ("endless", "huge", "trickle", "trickle_head"):
+                    if mode in ("endless", "huge", "trickle", "trickle_unsized", "trickle_head"):
                         return self.stream(mode, data)
                     if mode == "partial":  # the connection drops before Content-Length bytes
                         return self.reply(200, data[: len(data) // 2], "image/png", length=len(data))

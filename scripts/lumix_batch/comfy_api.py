@@ -95,6 +95,8 @@ def read_capped(response: http.client.HTTPResponse, limit: int, sink, deadline: 
             raise TooLarge(f"{what} is over the {_size(limit)} limit (more kept coming)")
         deadline.received = total
         sink(chunk)
+    if deadline.expired:  # the watcher shut the socket: a body without a length would look whole
+        raise http.client.IncompleteRead(b"")
     if response.length:  # bytes announced by Content-Length that never came
         raise http.client.IncompleteRead(b"", response.length)
     return total
