@@ -16,6 +16,7 @@ from .manifest import Manifest
 from .progress import Progress
 
 MAX_BACKOFF = 60.0
+MAX_NESTING = 32  # a scene's record (metrics from lumix.json) is written with json.dumps, which recurses
 VANISHED_GRACE = 3.0  # seconds a finished job may be missing from both /queue and /history
 QUEUE_CHECK = 5.0  # seconds of websocket silence before asking /queue whether the job still waits its turn
 
@@ -411,6 +412,9 @@ class Batch:
             generation = sidecar.get("generation") if isinstance(sidecar.get("generation"), dict) else {}
             common = dict(files=sorted(files + [output.SIDECAR]), metrics=metrics, filter=reasons,
                           negative_prompt=generation.get("negative_prompt"))
+            if nesting(common) > MAX_NESTING:  # before the folder takes its name: an unwritable record strands it
+                raise ServerFailure(f"{st.server.name}: the scene's lumix.json nests its values over "
+                                    f"{MAX_NESTING} levels deep")
             if reasons:
                 shutil.rmtree(staged, ignore_errors=True)
                 return "filtered", None, self._record(scene, "filtered", st, **common)
@@ -441,6 +445,17 @@ class Batch:
 
     def worth_a_summary(self) -> bool:
         return len(self.states) > 1 or any(st.faults or st.job_failures for st in self.states)
+
+
+def nesting(value) -> int:
+    """How deep lists and dicts nest in a JSON value (iteratively: the value may be deeper than the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def start_probe(servers: list[Server]) -> list[tuple[Server, str | None]]:
