@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from client_stub import Stub, tiny_png
-from test_client import FAST, MAP_FILES, last_line, manifest, run
+from test_client import FAST, MAP_FILES, client, last_line, manifest, run
 
 from lumix_batch import output  # noqa: E402  (put on sys.path by test_client)
 from lumix_batch.comfy_api import clean  # noqa: E402
@@ -385,3 +385,10 @@ def test_a_garbled_rejection_is_still_one_line():
                                                    {"type": "value_not_in_list", "extra_info": {"input_name": ["x"]}}]}}}):
         line = describe_rejection(400, json.dumps(body).encode())
         assert line.startswith("ComfyUI rejected the workflow") and "\n" not in line
+
+
+def test_max_file_mb_must_be_a_size(capsys):
+    for value, words in (("0", "must be positive"), ("nan", "must be positive"), ("inf", "below 2^40")):
+        with pytest.raises(SystemExit):
+            client.main(["--prompt", "x", "--max-file-mb", value])
+        assert words in capsys.readouterr().err

@@ -91,6 +91,8 @@ def parse_args(argv):
         value = getattr(args, name)
         if value is not None and not value > 0:
             p.error(f"--{name.replace('_', '-')} must be positive (got {value})")
+    if not args.max_file_mb < 1 << 40:
+        p.error(f"--max-file-mb must be a number of MiB below 2^40 (got {args.max_file_mb})")
     return args
 
 
