@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from client_stub import Stub, tiny_png
+from client_stub import Stub
 from test_client import FAST, MAP_FILES, client, last_line, manifest, run
 
 from lumix_batch import output  # noqa: E402  (put on sys.path by test_client)
