@@ -238,7 +238,7 @@ def test_servers_file_and_depth_keep_several_jobs_in_flight(stubs, tmp_path, cap
                      "--out", tmp_path / "o")
     assert rc == 0, err
     assert len(a.prompts) == 2 and len(b.prompts) == 2 and a.peak == b.peak == 2, "two jobs on each server at once"
-    assert f"scenes per server: {a.address} 2, {b.address} 2" in err
+    assert f"scenes per server:\n  {a.address}: 2 done\n  {b.address}: 2 done\n" in err
 
 
 def test_polling_without_a_websocket(stubs, tmp_path, capsys):
@@ -560,10 +560,10 @@ def test_all_servers_gone_for_the_idle_timeout_ends_in_one_line(stubs, tmp_path,
 def test_a_cut_off_download_never_gets_its_final_name(tmp_path):
     png = tiny_png(b"whole", size=8)
 
-    def cut(ref, dest):
+    def cut(ref, dest, limit):
         dest.write(png[:-5])
 
-    def whole(ref, dest):
+    def whole(ref, dest, limit):
         dest.write(png)
 
     with pytest.raises(Exception, match="cut off or not a PNG"):
