@@ -91,14 +91,18 @@ class Stub:
                 end = time.monotonic() + STREAM_SECONDS
                 every = stub.faults.get("trickle_every", 0.2)
                 self.close_connection = True
+
+                def trickle(payload):  # one byte every `every` seconds until the stream time is up
+                    for byte in payload:
+                        if time.monotonic() > end or not stub.alive:
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(every)
+
                 try:
                     if mode == "trickle_head":
-                        for byte in b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" * 1000:
-                            if time.monotonic() > end or not stub.alive:
-                                return
-                            self.wfile.write(bytes([byte]))
-                            self.wfile.flush()
-                            time.sleep(every)
+                        trickle(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" * 1000)
                         return
                     self.send_response(200)
                     self.send_header("Content-Type", ctype)
@@ -110,12 +114,7 @@ class Stub:
                     self.send_header("Connection", "close")
                     self.end_headers()
                     if mode == "trickle":
-                        for byte in data:
-                            if time.monotonic() > end or not stub.alive:
-                                return
-                            self.wfile.write(bytes([byte]))
-                            self.wfile.flush()
-                            time.sleep(every)
+                        trickle(data)
                         return
                     sent, limit = 0, (2 << 30) if mode == "huge" else 1 << 62
                     while sent < limit and time.monotonic() < end and stub.alive:

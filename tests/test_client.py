@@ -28,19 +28,6 @@ MAP_FILES = ["albedo.png", "color.png", "depth.png", "depth_16bit.png", "irradia
 FAST = ["--retries", "0", "--backoff", "0.05", "--idle-timeout", "2"]
 
 
-@pytest.fixture
-def stubs():
-    made = []
-
-    def make(**kw):
-        made.append(Stub(**kw))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
-
-
 def renumbered(graph, seed=0):
     """The same graph under other node ids (the client must not rely on ids)."""
     ids = list(graph)

@@ -24,19 +24,6 @@ CLIENT = Path(__file__).resolve().parents[1] / "scripts" / "lumix_client.py"
 RUN_FILES = [".lumix_lock", "lumix_run.json", "manifest.jsonl"]
 
 
-@pytest.fixture
-def stubs():
-    made = []
-
-    def make(**kw):
-        made.append(Stub(**kw))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
-
-
 def run_measured(*args, timeout=60):
     """(exit status, stderr, peak resident memory in MiB, seconds) of the client as its own process."""
     with tempfile.TemporaryFile() as err:
