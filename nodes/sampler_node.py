@@ -17,7 +17,7 @@ from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
 from . import categories
 from .memory_guard import check_memory
 from .sampling_steps import (
-    HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
+    HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_COVER, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
     SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_lumix_model, check_multiple_of_16, check_run_size,
     decode_maps, empty_latent, five_map_callback, hold_given_maps, prepare_given_map, resize_maps, sampling_sigmas, warn_user)
 
@@ -133,7 +133,7 @@ class LumiXSampler(io.ComfyNode):
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
                  if image is not None}
         check_finite_settings("LumiX Intrinsic Sampler", cfg=cfg)
-        if given and output_size == OUTPUT_ORIGINAL and held_maps_resize != RESIZE_STRETCH:
+        if given and output_size == OUTPUT_ORIGINAL and held_maps_resize == RESIZE_COVER:
             raise ValueError("LumiX: output_size \"given map's original size\" stretches the maps back to the photo, "
                              "which only lines up with held_maps_resize 'stretch (as the reference)'; a cropped "
                              "photo cannot be restored. Set held_maps_resize to stretch or output_size to sampled size.")
