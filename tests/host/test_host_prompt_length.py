@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from comfy_host import TinyVAE, conditioning, load_extension, tiny_lumix_model  # first: skips without ComfyUI
+from comfy_host import TinyVAE, conditioning, load_extension, tiny_lumix_model, with_hidden  # first: skips without ComfyUI
 
 NODES = load_extension()
 Sampler = NODES["LumiXSampler"]
@@ -30,7 +30,7 @@ class FakeServer:
 def run(model, monkeypatch, caplog, positive_tokens, negative_tokens=4, cfg=3.0, **kwargs):
     fake = FakeServer()
     monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=fake)))
-    node = Sampler.PREPARE_CLASS_CLONE({"UNIQUE_ID": "9"})
+    node = with_hidden(Sampler, {"UNIQUE_ID": "9"})
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         node.execute(model, conditioning(1, tokens=positive_tokens), conditioning(2, tokens=negative_tokens), TinyVAE(),
