@@ -17,6 +17,13 @@ posterior sampling) and the same seed. Then:
   with only the three model loaders replaced by stand-ins handing over the same model, text
   encoders and VAE (and the checkpoint, photo and photo area budget named).
 
+Photo cases (photo_cases): a photo at the sampled size, and photos the workflow has to resize, as every
+real photo (4:3 shrunk 2x, 2.625x as a phone photo to 1536x1152, 3x; enlarged 1.5x as Hypersim's
+1024x768; a 2:3 photo sized from itself and one stretched to 'width x height'; a depth map held
+instead of color). The image is written as an 8-bit PNG; the workflow loads it with Load Image, the
+reference gets it opened with Pillow as its dataset reader opens files, and resizes it itself
+(`img.resize((width, height))`) to the size the workflow sampled at.
+
 Float32: the reference's eval modules cast to bf16 in their code (noise, model inputs, timesteps).
 This script runs them with their module-level `torch` name bound to a proxy on which `torch.bfloat16`
 is `torch.float32`; nothing else of the reference is changed (the model is built in float32 here and
