@@ -15,7 +15,9 @@ renormalised to unit vectors. Colour maps stay as the reference.
 ComfyUI's IMAGE is float 0..1. An image on the 8-bit grid (every Load Image photo) is turned back into
 its exact bytes (round(x * 255)) and resized as the reference resizes a file. An image off the grid
 (made by another node) is resized with the same filter in float (Pillow mode "F", per channel) and not
-rounded to 8 bits: rounding would discard precision the reference never had a way to receive.
+rounded to 8 bits: rounding would discard precision the reference never had a way to receive. (Pillow's
+8-bit path rounds and clips between its horizontal and vertical passes; the float path does neither, so
+the two differ by more than rounding only where the first pass overshoots 0..1.)
 """
 from __future__ import annotations
 
