@@ -1,8 +1,12 @@
-"""Nodes between LumiX and 3D software: render passes in (depth and normals in LumiX's conventions)."""
+"""Nodes between LumiX and 3D software: render passes in (depth and normals in LumiX's conventions), a
+relightable mesh out (.glb in ComfyUI's output folder, shown by core's Preview 3D)."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import tempfile
 
 import numpy as np
 import torch
@@ -11,8 +15,12 @@ import torch.nn.functional as F
 import folder_paths
 from comfy_api.v0_0_2 import io, ui
 
+from ..lumix_core import mesh as lm
 from ..lumix_core import render_passes as rp
+from ..lumix_core.conventions import decode_depth, decode_normals
+from ..lumix_core.export import check_prefix
 from ..lumix_core.finite_check import check_finite_settings
+from ..lumix_core.given_maps import check_tool_map
 from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
 from ..lumix_core.metrics import geometric_residual
 from . import categories
@@ -189,12 +197,168 @@ class LumiXRenderPassesToMaps(io.ComfyNode):
 
     @staticmethod
     def _agreement(depth: torch.Tensor, normal: torch.Tensor, fov_degrees: float) -> float:
-        """Mean angle between the normal map and normals from the depth (the consistency metric), on a copy
-        at most CHECK_SIDE pixels across."""
-        h, w = depth.shape[:2]
-        scale = min(1.0, CHECK_SIDE / max(h, w))
-        if scale < 1.0:
-            size = (max(3, round(h * scale)), max(3, round(w * scale)))
-            depth, normal = (F.interpolate(t.permute(2, 0, 1)[None], size=size, mode="area")[0].permute(1, 2, 0)
-                             for t in (depth, normal))
-        return geometric_residual(depth, normal, fov_degrees)["mean_degrees"]
+        return _small_geometric_residual(depth, normal, fov_degrees)["mean_degrees"]
+
+
+def _small_geometric_residual(depth: torch.Tensor, normal: torch.Tensor, fov_degrees: float) -> dict:
+    """The consistency metric's geometric residual (mean angle between the normal map and the normals
+    implied by the depth, with the fitted depth offset) on a copy at most CHECK_SIDE pixels across."""
+    h, w = depth.shape[:2]
+    scale = min(1.0, CHECK_SIDE / max(h, w))
+    if scale < 1.0:
+        size = (max(3, round(h * scale)), max(3, round(w * scale)))
+        depth, normal = (F.interpolate(t.permute(2, 0, 1)[None].float(), size=size, mode="area")[0].permute(1, 2, 0)
+                         for t in (depth, normal))
+    return geometric_residual(depth, normal, fov_degrees)
+
+
+def write_new_output_file(prefix: str, extension: str, data: bytes, node: str) -> str:
+    """`data` to output/<prefix>_NNNNN<extension>, the first free number, never over an existing file and
+    never half-written (a temporary name, then a hard link to the final name). Returns the path relative to
+    the output folder with '/' (what core's Preview 3D takes)."""
+    check_prefix(prefix)
+    output_dir = os.path.realpath(folder_paths.get_output_directory())
+    base = os.path.realpath(os.path.join(output_dir, prefix))
+    if os.path.commonpath([output_dir, base]) != output_dir or base == output_dir:
+        raise ValueError(f"{node}: filename_prefix {prefix!r} leads outside ComfyUI's output folder.")
+    folder, stem = os.path.split(base)
+    os.makedirs(folder, exist_ok=True)
+    pattern = re.compile(re.escape(stem) + r"_(\d+)" + re.escape(extension) + "$")
+    handle, temporary = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part", dir=folder)
+    os.close(handle)
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        while True:
+            taken = [int(m.group(1)) for m in map(pattern.match, os.listdir(folder)) if m]
+            final = os.path.join(folder, f"{stem}_{max(taken, default=0) + 1:05d}{extension}")
+            try:
+                os.link(temporary, final)  # fails rather than replace a file saved meanwhile
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:  # a file system without hard links
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV) or os.path.exists(final):
+                    raise
+                os.rename(temporary, final)
+                break
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return os.path.relpath(final, output_dir).replace(os.sep, "/")
+
+
+SCALE_FIT = "fit to the normal map (nearest point at near)"
+SCALE_NEAR_FAR = "near to far"
+DEPTH_SCALES = [SCALE_FIT, SCALE_NEAR_FAR]
+
+
+class LumiXDepthToMesh(io.ComfyNode):
+    NODE = "LumiX Depth to Mesh"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LumiXDepthToMesh", display_name=cls.NODE, category=categories.THREED, is_output_node=True,
+            description="Turns a depth map (with its normal map and albedo) into a relightable mesh: each pixel "
+                        "back-projected through a pinhole camera with fov_degrees (as the consistency metrics), no "
+                        "triangle across a depth discontinuity, the normal map as vertex normals, the albedo as "
+                        "base-colour texture. Saved as .glb (binary glTF, with the camera) in ComfyUI's output "
+                        "folder; connect model_file to core's Preview 3D.",
+            inputs=[
+                io.Image.Input("depth", tooltip="LumiX depth: " + ENCODINGS["depth"] + "."),
+                io.Image.Input("normal", optional=True,
+                               tooltip="LumiX normals (camera space, OpenGL): the mesh's vertex normals, and the "
+                                       "shape the depth scale is fitted to."),
+                io.Image.Input("albedo", optional=True,
+                               tooltip="The base-colour texture (any size): albedo for a mesh you relight, or color "
+                                       "for the photo's look. Without it the mesh is grey."),
+                io.Float.Input("fov_degrees", default=DEFAULT_FOV_DEGREES, min=1.0, max=170.0, step=0.5,
+                               tooltip="Horizontal field of view of the pinhole camera (also written into the .glb "
+                                       "as its camera)."),
+                io.Combo.Input("depth_scale", options=DEPTH_SCALES, default=SCALE_FIT,
+                               tooltip="LumiX depth is relative (0 nearest, 1 farthest). 'fit': the distance offset "
+                                       "that makes the depth's shape agree best with the normal map (the consistency "
+                                       "metric's fit), nearest point at `near`; needs the normal map. 'near to far': "
+                                       "0 is `near`, 1 is `far` (use the range LumiX Render Passes to Maps shows)."),
+                io.Float.Input("near", default=1.0, min=1e-4, max=1e6, step=0.1,
+                               tooltip="Distance of the nearest point (scene units)."),
+                io.Float.Input("far", default=3.0, min=1e-4, max=1e6, step=0.1,
+                               tooltip="Distance of the farthest point with depth_scale 'near to far'."),
+                io.Float.Input("discontinuity", default=lm.DEFAULT_DISCONTINUITY, min=0.001, max=10.0, step=0.01,
+                               tooltip="Neighbouring pixels whose distances differ by more than this fraction (0.05 = "
+                                       "5%) are not joined: objects do not melt into the background."),
+                io.Int.Input("max_side", default=512, min=0, max=8192,
+                             tooltip="At most this many vertices across (0: one per pixel). The texture keeps its "
+                                     "full size."),
+                io.String.Input("filename_prefix", default="LumiX/mesh",
+                                tooltip="output/<prefix>_00001.glb, _00002, ... (never overwritten)."),
+            ],
+            outputs=[io.String.Output("model_file", display_name="model_file",
+                                      tooltip="The first scene's .glb, relative to the output folder: connect to "
+                                              "core's Preview 3D (model_file).")],
+        )
+
+    @classmethod
+    def execute(cls, depth, fov_degrees, depth_scale, near, far, discontinuity, max_side, filename_prefix,
+                normal=None, albedo=None) -> io.NodeOutput:
+        check_finite_settings(cls.NODE, fov_degrees=fov_degrees, near=near, far=far, discontinuity=discontinuity)
+        if depth_scale not in DEPTH_SCALES:
+            raise ValueError(f"{cls.NODE}: unknown depth_scale {depth_scale!r}; choose one of {DEPTH_SCALES}.")
+        depth = check_tool_map(cls.NODE, "depth", depth)
+        normal = check_tool_map(cls.NODE, "normal", normal) if normal is not None else None
+        albedo = check_tool_map(cls.NODE, "albedo", albedo) if albedo is not None else None
+        scenes = depth.shape[0]
+        if normal is not None and normal.shape[:3] != depth.shape[:3]:
+            raise ValueError(f"{cls.NODE}: the normal map ({normal.shape[0]} x {normal.shape[2]}x{normal.shape[1]}) "
+                             f"differs from the depth ({scenes} x {depth.shape[2]}x{depth.shape[1]}) in count or size; "
+                             "connect maps of the same scenes.")
+        if albedo is not None and albedo.shape[0] != scenes:
+            raise ValueError(f"{cls.NODE}: {albedo.shape[0]} albedo images for {scenes} depth maps; connect one per scene.")
+        if depth_scale == SCALE_NEAR_FAR and not near < far:
+            raise ValueError(f"{cls.NODE}: near ({near}) must be below far ({far}).")
+        check_prefix(filename_prefix)
+        lines, warnings, files = [], [], []
+        for s in range(scenes):
+            value = decode_depth(depth[s].double()).cpu().numpy()
+            normals = decode_normals(normal[s].double()).cpu().numpy() if normal is not None else None
+            scale_note = f"depth {near:g}..{far:g}"
+            if depth_scale == SCALE_FIT and normal is not None:
+                fit = _small_geometric_residual(depth[s], normal[s], fov_degrees)
+                if np.isfinite(fit["offset"]):
+                    distance = lm.offset_to_distance(value, fit["offset"], near)
+                    scale_note = (f"depth fitted to the normals (offset {fit['offset']:.2f} x range, "
+                                  f"{fit['mean_degrees']:.1f} deg residual): {distance.min():.3g}..{distance.max():.3g}")
+                else:
+                    distance = lm.relative_to_distance(value, near, max(far, near * 1.001))
+                    warnings.append(f"scene {s + 1}: the depth is flat or broken, no scale could be fitted; used near..far.")
+            else:
+                if depth_scale == SCALE_FIT:
+                    warnings.append(f"scene {s + 1}: no normal map to fit the depth scale to; used near ({near:g}) to "
+                                    f"far ({far:g}). Connect the normal map, or set depth_scale to 'near to far'.")
+                distance = lm.relative_to_distance(value, near, max(far, near * 1.001))
+            mesh = lm.depth_to_mesh(distance, fov_degrees, normals, discontinuity, max_side)
+            texture = lm.png_bytes(albedo[s].cpu().numpy()) if albedo is not None else None
+            h, w = value.shape
+            data = lm.mesh_glb(mesh, fov_degrees, (w, h), texture, name=f"LumiX scene {s + 1}", extras={"lumix": {
+                "fov_degrees": float(fov_degrees), "fov_axis": "horizontal", "axes": "camera space, OpenGL (glTF)",
+                "depth_scale": depth_scale, "distance_range": [float(distance.min()), float(distance.max())],
+                "discontinuity": float(discontinuity)}})
+            try:
+                files.append(write_new_output_file(filename_prefix, ".glb", data, cls.NODE))
+            except OSError as exc:
+                raise OSError(exc.errno, f"{cls.NODE}: could not write scene {s + 1}'s mesh ({exc.strerror or exc}); "
+                                         "nothing half-written is left. Free disk space and run again.") from exc
+            lines.append(f"{_prefix(s, scenes)}{files[-1]}: {len(mesh.positions)} vertices, {len(mesh.indices)} "
+                         f"triangles ({mesh.dropped} left out at discontinuities); {scale_note}"
+                         + ("" if texture else "; no texture (connect albedo)"))
+        for warning in warnings:
+            _LOG.warning("%s: %s", cls.NODE, warning)
+        text = "\n".join([f"WARNING: {w}" for w in warnings] + lines)
+        return io.NodeOutput(files[0], ui=ui.PreviewText(text))
+
+
+def _prefix(index: int, count: int) -> str:
+    return f"scene {index + 1}: " if count > 1 else ""
