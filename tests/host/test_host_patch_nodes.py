@@ -236,7 +236,7 @@ def test_not_flux_model():
             self.device = None
 
     patcher = comfy.model_patcher.ModelPatcher(NotFlux(), torch.device("cpu"), torch.device("cpu"))
-    with pytest.raises(ValueError, match="LumiX patches FLUX.1 models, but this MODEL is a Linear"):
+    with pytest.raises(ValueError, match="LumiX patches FLUX.1-dev, but this MODEL is a Linear"):
         QueryBroadcast.execute(patcher, "color", 5)
     with pytest.raises(ValueError, match="Load Diffusion Model"):
         Loader.execute(patcher, "tiny_lumix.safetensors", 1.0, True)
