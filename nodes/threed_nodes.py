@@ -86,10 +86,11 @@ class LumiXRenderPassesToMaps(io.ComfyNode):
                 io.Combo.Input("normal_file", options=files, default=NO_FILE,
                                tooltip="A normal pass in ComfyUI's input folder (.exr, 16-bit .png, .tif)."),
                 io.Combo.Input("depth_encoding", options=list(rp.DEPTH_ENCODINGS), default=rp.DEPTH_Z,
-                               tooltip="What the depth pass holds. Planar Z (Blender's Z pass, most renderers' "
-                                       "depth) or the distance along each pixel's ray, in scene units; or Z "
-                                       "normalised between near and far (needs near/far). LumiX wants distance, "
-                                       "so planar Z is converted with the field of view."),
+                               tooltip="What the depth pass holds: planar Z (distance from the camera plane; e.g. "
+                                       "EEVEE's Z pass) or the distance along each pixel's ray (e.g. Cycles' Z "
+                                       "pass), in scene units; or Z normalised between near and far (needs "
+                                       "near/far). LumiX wants distance, so planar Z is converted with the field of "
+                                       "view. A wrong choice shows as depth and normals disagreeing in the readout."),
                 io.Combo.Input("depth_range", options=list(rp.DEPTH_RANGES), default=rp.RANGE_IMAGE,
                                tooltip="Which distances LumiX's 0 and 1 stand for: the image's nearest and farthest "
                                        "surface (LumiX's own convention), or near and far below (clamped). "
