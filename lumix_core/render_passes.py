@@ -170,12 +170,14 @@ class DepthResult:
 
 
 def depth_to_lumix(depth: np.ndarray, encoding: str, fov_degrees: float, depth_range: str = RANGE_IMAGE,
-                   near: float = 0.1, far: float = 100.0) -> DepthResult:
+                   near: float = 0.1, far: float = 100.0, no_surface: np.ndarray | None = None) -> DepthResult:
     """A depth pass [H, W] -> LumiX relative distance from the camera centre.
 
     Planar Z is turned into distance along each pixel's ray (Z / cos); normalised Z is first mapped back
     to scene units with `near`/`far` (which it needs). The distances are then normalised to 0..1 over the
-    image's own nearest..farthest surface (LumiX's convention) or over near..far (clamped)."""
+    image's own nearest..farthest surface (LumiX's convention) or over near..far (clamped). `no_surface`
+    [H, W] bool marks more pixels without a surface (e.g. where the normal pass is empty: some renderers
+    write the far clip distance there, which would otherwise count as the farthest surface)."""
     if encoding not in DEPTH_ENCODINGS:
         raise ValueError(f"unknown depth encoding {encoding!r}; choose one of: {'; '.join(DEPTH_ENCODINGS)}")
     if depth_range not in DEPTH_RANGES:
@@ -200,6 +202,10 @@ def depth_to_lumix(depth: np.ndarray, encoding: str, fov_degrees: float, depth_r
         distance = np.where(background, 0.0, depth)
         if encoding == DEPTH_Z:
             distance = distance / ray_cosines(*depth.shape, fov_degrees)
+    if no_surface is not None:
+        if np.shape(no_surface) != depth.shape:
+            raise ValueError(f"the background mask {np.shape(no_surface)} does not match the depth pass {depth.shape}")
+        background = background | np.asarray(no_surface, dtype=bool)
     surface = ~background
     if not surface.any():
         raise ValueError("the depth pass holds no surface (every pixel is background: not finite, <= 0 or >= 1e9, "
@@ -231,6 +237,7 @@ class NormalResult:
     image: np.ndarray  # [H, W, 3] LumiX encoding, rgb = (n + 1) / 2 of unit camera-space OpenGL normals
     values: str  # VALUES_RAW or VALUES_ENCODED: how the input was read
     empty: int  # pixels with no normal (zero length: background), set to face the camera
+    empty_mask: np.ndarray  # [H, W] bool: those pixels
     away: int  # pixels whose normal points away from the camera (back faces, or a wrong convention)
 
 
@@ -269,4 +276,4 @@ def normals_to_lumix(normals: np.ndarray, space: str, values: str = VALUES_AUTO,
     empty_mask |= length[..., 0] < 1e-6
     n = np.where(empty_mask[..., None], np.array([0.0, 0.0, 1.0]), n / np.maximum(length, 1e-12))
     away = int(((n[..., 2] < -0.05) & ~empty_mask).sum())
-    return NormalResult(np.clip((n + 1.0) * 0.5, 0.0, 1.0), values, int(empty_mask.sum()), away)
+    return NormalResult(np.clip((n + 1.0) * 0.5, 0.0, 1.0), values, int(empty_mask.sum()), empty_mask, away)

@@ -163,17 +163,12 @@ class LumiXRenderPassesToMaps(io.ComfyNode):
                                  f"and normal ({len(normals)} x {normals[0][0].shape[1]}x{normals[0][0].shape[0]}) "
                                  "passes differ in count or size (images x width x height); render both from the "
                                  "same camera at the same resolution.")
-        lines, warnings, depth_out, normal_out = [], [], [], []
-        for i, (data, _, label) in enumerate(depths):
-            result = rp.depth_to_lumix(data[..., :3].mean(-1), depth_encoding, fov_degrees, depth_range, near, far)
-            depth_out.append(result.value)
-            low, high = result.distance_range
-            lines.append(f"depth ({label}): distance {low:.4g}..{high:.4g} scene units -> 0..1"
-                         + (f"; {result.background} background pixels set to 1 (farthest)" if result.background else ""))
-        for i, (data, is_exr, label) in enumerate(normals):
+        lines, warnings, depth_out, normal_out, empty = [], [], [], [], []
+        for data, is_exr, label in normals:  # first: where the normal pass is empty there is no surface
             result = rp.normals_to_lumix(data[..., :3], normal_space, normal_values, is_exr,
                                          (camera_rot_x, camera_rot_y, camera_rot_z))
             normal_out.append(result.image)
+            empty.append(result.empty_mask if result.empty < result.empty_mask.size else None)
             lines.append(f"normal ({label}): read as {result.values}, {normal_space.split(' (')[0]}"
                          + (f"; {result.empty} pixels without a normal set to face the camera" if result.empty else ""))
             surface = result.image.shape[0] * result.image.shape[1] - result.empty
@@ -181,6 +176,14 @@ class LumiXRenderPassesToMaps(io.ComfyNode):
                 warnings.append(f"normal ({label}): {100 * result.away / surface:.0f}% of the normals point away from "
                                 "the camera; check normal_space (world space needs the camera's rotation) and "
                                 "normal_values.")
+        for i, (data, _, label) in enumerate(depths):
+            result = rp.depth_to_lumix(data[..., :3].mean(-1), depth_encoding, fov_degrees, depth_range, near, far,
+                                       no_surface=empty[i] if empty else None)
+            depth_out.append(result.value)
+            low, high = result.distance_range
+            lines.insert(i, f"depth ({label}): distance {low:.4g}..{high:.4g} scene units -> 0..1"
+                         + (f"; {result.background} background pixels (no surface) set to 1 (farthest)"
+                            if result.background else ""))
         depth_t = torch.from_numpy(np.stack(depth_out)).float()[..., None].expand(-1, -1, -1, 3).contiguous() \
             if depth_out else None
         normal_t = torch.from_numpy(np.stack(normal_out)).float() if normal_out else None

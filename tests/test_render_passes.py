@@ -187,3 +187,20 @@ def test_unreadable_files_are_refused_without_paths(tmp_path):
         rp.depth_channel(channels)
     with pytest.raises(ValueError, match="no normal channels"):
         rp.normal_channels(channels)
+
+
+def test_pixels_without_a_normal_are_background_for_depth(sc):
+    """Some renderers write the far clip distance (not 1e10) where nothing was hit: the empty normal pass
+    marks those pixels, so they do not stretch the depth range."""
+    sky = render(sky_rows=4)["sky"]
+    Z = np.where(sky, 100.0, sc["Z"])  # EEVEE-like: the clip end
+    N = np.where(sky[..., None], 0.0, sc["N"])
+    normal = rp.normals_to_lumix(N, rp.NORMAL_CAMERA_OPENGL, rp.VALUES_RAW)
+    assert np.array_equal(normal.empty_mask, sky)
+    depth = rp.depth_to_lumix(Z, rp.DEPTH_Z, FOV, no_surface=normal.empty_mask)
+    assert np.abs(depth.value - lumix_depth(np.where(sky, 0, sc["D"]), sky)).max() < 1e-9
+    assert depth.background == sky.sum()
+    stretched = rp.depth_to_lumix(Z, rp.DEPTH_Z, FOV).value  # without the mask the sky is the farthest surface
+    assert stretched[~sky].max() < 0.2
+    with pytest.raises(ValueError, match="does not match"):
+        rp.depth_to_lumix(Z, rp.DEPTH_Z, FOV, no_surface=sky[:2])
