@@ -18,30 +18,30 @@ import torch
 from .conventions import camera_rays
 
 # What a depth pass holds.
-DEPTH_Z = "Z (planar depth), scene units"
-DEPTH_DISTANCE = "distance to the camera, scene units"
-DEPTH_Z_NORMALISED = "Z normalised 0..1 from near to far"
-DEPTH_Z_NORMALISED_NEAR_BRIGHT = "Z normalised 0..1, near is bright (1 at near, 0 at far)"
-DEPTH_LUMIX = "LumiX relative distance (0 nearest, 1 farthest)"
+DEPTH_Z = "planar Z (scene units)"
+DEPTH_DISTANCE = "ray distance (scene units)"
+DEPTH_Z_NORMALISED = "Z 0..1, near=0 far=1"
+DEPTH_Z_NORMALISED_NEAR_BRIGHT = "Z 0..1, near=1 far=0"
+DEPTH_LUMIX = "LumiX relative depth"
 DEPTH_ENCODINGS = (DEPTH_Z, DEPTH_DISTANCE, DEPTH_Z_NORMALISED, DEPTH_Z_NORMALISED_NEAR_BRIGHT, DEPTH_LUMIX)
 NORMALISED_Z = (DEPTH_Z_NORMALISED, DEPTH_Z_NORMALISED_NEAR_BRIGHT)
 
 # Which distances LumiX's 0 and 1 stand for.
-RANGE_IMAGE = "nearest to farthest point in the image"
-RANGE_NEAR_FAR = "near to far (set below)"
+RANGE_IMAGE = "image's nearest..farthest"
+RANGE_NEAR_FAR = "near..far"
 DEPTH_RANGES = (RANGE_IMAGE, RANGE_NEAR_FAR)
 
 # Metric depth at or above this (or not finite) is background: Blender writes 1e10 where no surface was hit.
 BACKGROUND_DEPTH = 1e9
 
-NORMAL_CAMERA_OPENGL = "camera space, OpenGL (+x right, +y up, +z towards the camera)"
-NORMAL_CAMERA_DIRECTX = "camera space, DirectX (+y down)"
-NORMAL_WORLD = "world space (camera rotation set below, XYZ Euler)"
+NORMAL_CAMERA_OPENGL = "camera, OpenGL (+y up)"
+NORMAL_CAMERA_DIRECTX = "camera, DirectX (+y down)"
+NORMAL_WORLD = "world (camera rotation below)"
 NORMAL_SPACES = (NORMAL_CAMERA_OPENGL, NORMAL_CAMERA_DIRECTX, NORMAL_WORLD)
 
-VALUES_AUTO = "auto (EXR: vectors -1..1; otherwise vectors if any value is negative, else (n + 1) / 2)"
+VALUES_AUTO = "auto"
 VALUES_RAW = "vectors -1..1"
-VALUES_ENCODED = "encoded rgb = (n + 1) / 2"
+VALUES_ENCODED = "(n + 1) / 2"
 NORMAL_VALUES = (VALUES_AUTO, VALUES_RAW, VALUES_ENCODED)
 
 FILE_EXTENSIONS = (".exr", ".png", ".tif", ".tiff")

@@ -97,17 +97,18 @@ class LumiXRenderPassesToMaps(io.ComfyNode):
                                        "Background (no surface) becomes 1."),
                 io.Float.Input("near", default=0.1, min=0.0, max=1e6, step=0.1,
                                tooltip="Scene units: where normalised Z is 0 (or 1 when near is bright), and "
-                                       "LumiX's 0 with depth_range 'near to far'."),
+                                       "LumiX's 0 with depth_range 'near..far'."),
                 io.Float.Input("far", default=100.0, min=0.0, max=1e6, step=1.0,
                                tooltip="Scene units: where normalised Z is 1 (or 0 when near is bright), and "
-                                       "LumiX's 1 with depth_range 'near to far'."),
+                                       "LumiX's 1 with depth_range 'near..far'."),
                 io.Combo.Input("normal_space", options=list(rp.NORMAL_SPACES), default=rp.NORMAL_WORLD,
                                tooltip="The normal pass's axes. Blender's Normal pass is world space (set the "
                                        "camera's rotation below); camera-space maps are OpenGL (+y up) or DirectX "
                                        "(+y down). LumiX: " + ENCODINGS["normal"] + "."),
                 io.Combo.Input("normal_values", options=list(rp.NORMAL_VALUES), default=rp.VALUES_AUTO,
                                tooltip="Whether the pass stores the vectors themselves (-1..1, float EXR) or "
-                                       "(n + 1) / 2 (PNG normal maps)."),
+                                       "(n + 1) / 2 (PNG normal maps). auto: vectors from an EXR file; otherwise "
+                                       "vectors if any value is negative, else (n + 1) / 2."),
                 io.Float.Input("camera_rot_x", default=90.0, min=-360.0, max=360.0, step=1.0,
                                tooltip="World-space normals only: the camera's rotation X in degrees (XYZ Euler, "
                                        "as Blender's Rotation fields; the camera looks down its local -Z, +Y up)."),
@@ -254,8 +255,8 @@ def write_new_output_file(prefix: str, extension: str, data: bytes, node: str) -
     return os.path.relpath(final, output_dir).replace(os.sep, "/")
 
 
-SCALE_FIT = "fit to the normal map (nearest point at near)"
-SCALE_NEAR_FAR = "near to far"
+SCALE_FIT = "fit to the normals"
+SCALE_NEAR_FAR = "near..far"
 DEPTH_SCALES = [SCALE_FIT, SCALE_NEAR_FAR]
 
 
@@ -285,12 +286,12 @@ class LumiXDepthToMesh(io.ComfyNode):
                 io.Combo.Input("depth_scale", options=DEPTH_SCALES, default=SCALE_FIT,
                                tooltip="LumiX depth is relative (0 nearest, 1 farthest). 'fit': the distance offset "
                                        "that makes the depth's shape agree best with the normal map (the consistency "
-                                       "metric's fit), nearest point at `near`; needs the normal map. 'near to far': "
+                                       "metric's fit), nearest point at `near`; needs the normal map. 'near..far': "
                                        "0 is `near`, 1 is `far` (use the range LumiX Render Passes to Maps shows)."),
                 io.Float.Input("near", default=1.0, min=1e-4, max=1e6, step=0.1,
                                tooltip="Distance of the nearest point (scene units)."),
                 io.Float.Input("far", default=3.0, min=1e-4, max=1e6, step=0.1,
-                               tooltip="Distance of the farthest point with depth_scale 'near to far'."),
+                               tooltip="Distance of the farthest point with depth_scale 'near..far'."),
                 io.Float.Input("discontinuity", default=lm.DEFAULT_DISCONTINUITY, min=0.001, max=10.0, step=0.01,
                                tooltip="Neighbouring pixels whose distances differ by more than this fraction (0.05 = "
                                        "5%) are not joined: objects do not melt into the background."),
@@ -341,7 +342,7 @@ class LumiXDepthToMesh(io.ComfyNode):
             else:
                 if depth_scale == SCALE_FIT:
                     warnings.append(f"scene {s + 1}: no normal map to fit the depth scale to; used near ({near:g}) to "
-                                    f"far ({far:g}). Connect the normal map, or set depth_scale to 'near to far'.")
+                                    f"far ({far:g}). Connect the normal map, or set depth_scale to 'near..far'.")
                 distance = lm.relative_to_distance(value, near, max(far, near * 1.001))
             mesh = lm.depth_to_mesh(distance, fov_degrees, normals, discontinuity, max_side)
             texture = lm.png_bytes(albedo[s].cpu().numpy()) if albedo is not None else None

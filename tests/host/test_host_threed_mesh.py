@@ -21,7 +21,7 @@ def maps(size=64):
     return sc, {name: sc[name][None].float() for name in ("depth", "normal", "albedo")}
 
 
-def run(depth, normal=None, albedo=None, depth_scale="fit to the normal map (nearest point at near)", near=1.0,
+def run(depth, normal=None, albedo=None, depth_scale="fit to the normals", near=1.0,
         far=3.0, prefix="LumiX/mesh", max_side=512):
     return NODE.execute(depth, FOV, depth_scale, near, far, 0.05, max_side, prefix, normal=normal, albedo=albedo)
 
@@ -82,7 +82,7 @@ def test_preview3d_shows_the_file(output_dir):
 def test_batches_near_far_and_warnings(output_dir):
     _, m = maps(32)
     two = {k: torch.cat([v, v.flip(2)]) for k, v in m.items()}
-    out = run(two["depth"], two["normal"], two["albedo"], depth_scale="near to far", near=2.0, far=5.0, prefix="b/m")
+    out = run(two["depth"], two["normal"], two["albedo"], depth_scale="near..far", near=2.0, far=5.0, prefix="b/m")
     assert out.result[0] == "b/m_00001.glb" and sorted(os.listdir(output_dir / "b")) == ["m_00001.glb", "m_00002.glb"]
     doc, arrays, _ = read_glb((output_dir / "b" / "m_00001.glb").read_bytes())
     d = np.linalg.norm(primitive(doc, arrays)[1]["POSITION"].astype(np.float64), axis=1)
@@ -98,7 +98,7 @@ def test_refusals(output_dir):
     with pytest.raises(ValueError, match="differs from the depth"):
         run(m["depth"], normal=m["normal"][:, :16])
     with pytest.raises(ValueError, match="near .* must be below far"):
-        run(m["depth"], depth_scale="near to far", near=3.0, far=1.0)
+        run(m["depth"], depth_scale="near..far", near=3.0, far=1.0)
     with pytest.raises(ValueError):  # a 0-255 image is refused as for every tool node
         run(m["depth"] * 255)
     assert not any(output_dir.iterdir())

@@ -23,8 +23,8 @@ def input_dir(tmp_path):
     folder_paths.set_input_directory(before)
 
 
-def run(depth_file="(none)", normal_file="(none)", depth_encoding="Z (planar depth), scene units",
-        depth_range="nearest to farthest point in the image", normal_space=None, normal_values=None,
+def run(depth_file="(none)", normal_file="(none)", depth_encoding="planar Z (scene units)",
+        depth_range="image's nearest..farthest", normal_space=None, normal_values=None,
         rotation=ROTATION, **images):
     from lumix_core import render_passes as rp
     return NODE.execute(depth_file, normal_file, depth_encoding, depth_range, NEAR, FAR,
