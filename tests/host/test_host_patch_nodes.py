@@ -42,9 +42,12 @@ def adapters_by_hand(path):
     return load_checkpoint(str(path)).build_adapters()
 
 
-def test_comfyui_version_is_reported():
+def test_comfyui_version_is_reported_and_is_a_tested_one():
     assert COMFYUI_VERSION.count(".") == 2
     print(f"host tests against ComfyUI {COMFYUI_VERSION}")
+    host_version = extension_module().nodes.host_version
+    assert COMFYUI_VERSION in host_version.TESTED_COMFYUI  # CI's trees are the tested versions
+    assert host_version.log_untested_host() is None  # so nothing is logged at start
 
 
 def test_nodes_in_object_info_with_the_contracted_inputs(lumix_dir):
