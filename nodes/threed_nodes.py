@@ -178,7 +178,8 @@ class LumiXRenderPassesToMaps(io.ComfyNode):
                                 "the camera; check normal_space (world space needs the camera's rotation) and "
                                 "normal_values.")
         for i, (data, _, label) in enumerate(depths):
-            result = rp.depth_to_lumix(data[..., :3].mean(-1), depth_encoding, fov_degrees, depth_range, near, far,
+            values = data[..., 0] if data.shape[-1] <= 2 else data[..., :3].mean(-1)  # grey (+alpha) or RGB(A)
+            result = rp.depth_to_lumix(values, depth_encoding, fov_degrees, depth_range, near, far,
                                        no_surface=empty[i] if empty else None)
             depth_out.append(result.value)
             low, high = result.distance_range
@@ -191,6 +192,9 @@ class LumiXRenderPassesToMaps(io.ComfyNode):
         if depth_t is not None and normal_t is not None:
             for i in range(depth_t.shape[0]):
                 angle = cls._agreement(depth_t[i], normal_t[i], fov_degrees)
+                if not np.isfinite(angle):
+                    lines.append("depth and normal agreement: not measurable (the depth is flat or all edges)")
+                    continue
                 lines.append(f"depth and normal agree to {angle:.1f} deg (mean angle to the normals implied by the depth)")
                 if angle > DISAGREEMENT_DEGREES:
                     warnings.append(f"the normals differ from the depth's shape by {angle:.0f} deg on average: check "

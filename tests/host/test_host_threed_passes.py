@@ -121,3 +121,14 @@ def test_sampler_holds_the_converted_maps_as_given(tmp_path):
     for generated in out[:3]:
         assert generated.shape == (1, 64, 64, 3) and torch.isfinite(generated).all()
         assert not torch.equal(generated, depth)
+
+
+def test_grey_alpha_depth_image_reads_the_grey_channel():
+    from lumix_core import render_passes as rp
+    sc = render(24, 32)
+    grey = torch.from_numpy(sc["D"])[None, ..., None].float()
+    with_alpha = torch.cat([grey, torch.ones_like(grey)], -1)
+    one = run(depth_image=grey, depth_encoding=rp.DEPTH_DISTANCE).result[0]
+    two = run(depth_image=with_alpha, depth_encoding=rp.DEPTH_DISTANCE).result[0]
+    assert torch.equal(one, two)
+    assert np.abs(one[0, ..., 0].double().numpy() - lumix_depth(sc["D"])).max() < 1e-6
