@@ -102,3 +102,16 @@ def test_refusals(output_dir):
     with pytest.raises(ValueError):  # a 0-255 image is refused as for every tool node
         run(m["depth"] * 255)
     assert not any(output_dir.iterdir())
+
+
+def test_failed_write_leaves_nothing(output_dir, monkeypatch):
+    import errno
+    _, m = maps(16)
+    module = __import__(NODE.__module__, fromlist=["os"])
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(module.os, "link", full_disk)
+    with pytest.raises(OSError, match="could not write scene 1's mesh .*nothing half-written"):
+        run(m["depth"], m["normal"], m["albedo"])
+    assert [p for p in output_dir.rglob("*") if p.is_file()] == []  # no final file, no temporary
