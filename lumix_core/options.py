@@ -27,13 +27,16 @@ CHOICES: dict[str, dict[str, str]] = {
         "explicit": "width x height",
     },
     "held_maps_resize": {
-        "stretch": "stretched to the sampled size (bicubic), as the reference",
-        "cover": "scaled to cover the sampled size and centre-cropped",
+        "stretch": "stretched to the sampled size with Pillow's antialiased bicubic on the 8-bit image, byte for "
+                   "byte the reference's resize, for every map",
+        "cover": "the same filter after a centre crop to the sampled aspect",
+        "geometry_safe": "stretched: colour maps as the reference, depth with antialiased bilinear (no ringing at "
+                         "edges), normals renormalised to unit vectors",
     },
     "output_size": {
         "sampled": "every map at the sampled size",
         "original": "every map stretched back to the first given map's original size; the given maps come back "
-                    "exactly as given",
+                    "exactly as given (not after a cover crop)",
     },
     "depth_convention": {
         "far_is_bright": "far is bright, near is dark (LumiX's depth maps)",
@@ -47,7 +50,8 @@ LEGACY_VALUES: dict[str, dict[str, str]] = {
     "held_maps_guidance": {"reference: guidance 1.0, no CFG": "reference",
                            "as connected: conditioning guidance and cfg": "as_connected"},
     "held_maps_size": {"from the given map (aspect kept, area budget)": "from_given", "width x height": "explicit"},
-    "held_maps_resize": {"stretch (as the reference)": "stretch", "cover and centre-crop": "cover"},
+    "held_maps_resize": {"stretch (as the reference)": "stretch", "cover and centre-crop": "cover",
+                         "stretch, depth/normal geometry-safe": "geometry_safe"},
     "output_size": {"sampled size": "sampled", "given map's original size": "original"},
     "depth_convention": {"far is bright (LumiX)": "far_is_bright", "near is bright": "near_is_bright"},
 }
@@ -55,7 +59,7 @@ LEGACY_VALUES: dict[str, dict[str, str]] = {
 SCHEDULE_REFERENCE, SCHEDULE_MODEL = "reference", "model_scheduler"
 HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_AS_CONNECTED = "reference", "as_connected"
 SIZE_FROM_GIVEN, SIZE_EXPLICIT = "from_given", "explicit"
-RESIZE_STRETCH, RESIZE_COVER = "stretch", "cover"
+RESIZE_STRETCH, RESIZE_COVER, RESIZE_GEOMETRY = "stretch", "cover", "geometry_safe"
 OUTPUT_SAMPLED, OUTPUT_ORIGINAL = "sampled", "original"
 DEPTH_FAR_IS_BRIGHT, DEPTH_NEAR_IS_BRIGHT = "far_is_bright", "near_is_bright"
 

@@ -16,6 +16,7 @@ from ..lumix_core.finite_check import check_finite_settings
 from ..lumix_core import options
 from ..lumix_core.options import (HELD_GUIDANCE_REFERENCE, OUTPUT_SAMPLED, RESIZE_STRETCH, SCHEDULE_REFERENCE,
                                   SIZE_FROM_GIVEN, option_key)
+from ..lumix_core.prompt_length import long_prompt_warning
 from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE
 from . import categories
 from .memory_guard import check_memory
@@ -134,8 +135,11 @@ class LumiXSampler(io.ComfyNode):
         width, height = sampled_size(given, width, height, held_maps_size, area_width, area_height)
         no_cfg = bool(given) and held_maps_guidance == HELD_GUIDANCE_REFERENCE  # the negative pass never runs
         check_memory(model, positive, negative, width, height, scenes, 1.0 if no_cfg else cfg)  # before allocating
-        if warning:
-            warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
+        # the negative prompt only counts where it is used (true CFG runs)
+        long_prompt = long_prompt_warning(positive=positive, **({} if no_cfg or cfg == 1.0 else {"negative": negative}))
+        for text in (warning, long_prompt):
+            if text:
+                warn_user(cls.hidden.unique_id if cls.hidden else None, text)
 
         latent = empty_latent(latent_channels(model), width, height, scenes)
         given_images = {name: prepare_given_map(image, width, height, held_maps_resize, name) for name, image in given.items()}

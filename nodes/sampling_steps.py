@@ -17,10 +17,11 @@ import latent_preview
 from ..lumix_core import MAP_COUNT, MAP_NAMES
 from ..lumix_core.finite_check import MODEL_ADVICE, VAE_ADVICE, check_finite_maps
 from ..lumix_core.given_maps import check_cover_crop, check_given_map
+from ..lumix_core.map_resize import centre_crop_box, geometry_safe_resize, reference_resize
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps, tile_scene
 from ..lumix_core import options
-from ..lumix_core.options import (HELD_GUIDANCE_REFERENCE, OUTPUT_ORIGINAL, RESIZE_COVER, RESIZE_STRETCH,
-                                  SCHEDULE_REFERENCE, SIZE_FROM_GIVEN, check_option, option_key)
+from ..lumix_core.options import (HELD_GUIDANCE_REFERENCE, OUTPUT_ORIGINAL, RESIZE_COVER, RESIZE_GEOMETRY,
+                                  RESIZE_STRETCH, SCHEDULE_REFERENCE, SIZE_FROM_GIVEN, check_option, option_key)
 from ..lumix_core.schedule import reference_sigmas, size_for_photo
 from .flux_model import NotFluxError, flux_diffusion_model
 from .patch import lumix_settings
@@ -145,15 +146,19 @@ def latent_size(latent: torch.Tensor) -> tuple[int, int]:
 def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str = RESIZE_STRETCH,
                       name: str = "given") -> torch.Tensor:
     """A given map as the sampler encodes it: [n, H, W, C] in 0..1 -> [n, height, width, 3]
-    (RGB, clamped, fitted to width x height as `resize` says). The one place given maps are prepared."""
+    (RGB, clamped, fitted to width x height as `resize` says, with the reference's filter; see
+    lumix_core.map_resize). The one place given maps are prepared."""
     resize = option_key("held_maps_resize", resize)
-    rgb = image[..., :3]
-    if rgb.shape[1] != height or rgb.shape[2] != width:
-        crop = "disabled" if resize == RESIZE_STRETCH else "center"
-        if resize == RESIZE_COVER:
-            check_cover_crop(name, rgb, (width, height))
-        rgb = comfy.utils.common_upscale(rgb.movedim(-1, 1), width, height, "bicubic", crop).movedim(1, -1)
-    return rgb.clamp(0.0, 1.0)
+    rgb = image[..., :3].float().clamp(0.0, 1.0)
+    if rgb.shape[1] == height and rgb.shape[2] == width:
+        return rgb  # the reference's resize to the same size is a copy
+    if resize == RESIZE_GEOMETRY:
+        return geometry_safe_resize(rgb, width, height, name)
+    box = None
+    if resize == RESIZE_COVER:
+        check_cover_crop(name, rgb, (width, height))
+        box = centre_crop_box(rgb.shape[2], rgb.shape[1], width, height)
+    return reference_resize(rgb, width, height, box)
 
 
 GIVEN_MAPS_KEY = "lumix_given_maps"  # in a LATENT dict: the given maps of the run (core samplers copy the dict)
@@ -171,10 +176,10 @@ def given_maps_record(given: dict, prepared: dict, resize: str = RESIZE_STRETCH)
 def check_output_size(given: dict, output_size: str, resize: str) -> str:
     """The output_size key; refuses 'original' after a crop (a cropped photo cannot be restored)."""
     output_size = option_key("output_size", output_size)
-    if given and output_size == OUTPUT_ORIGINAL and option_key("held_maps_resize", resize) != RESIZE_STRETCH:
+    if given and output_size == OUTPUT_ORIGINAL and option_key("held_maps_resize", resize) == RESIZE_COVER:
         raise ValueError("LumiX: output_size 'original' stretches the maps back to the given map's size, which only "
-                         "lines up with held_maps_resize 'stretch'; a cropped photo cannot be restored. Set "
-                         "held_maps_resize to stretch or output_size to sampled.")
+                         "lines up with held_maps_resize 'stretch' or 'geometry_safe'; a cropped photo cannot be "
+                         "restored. Set held_maps_resize to stretch or output_size to sampled.")
     return output_size
 
 
