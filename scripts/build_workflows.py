@@ -252,7 +252,8 @@ def text_to_intrinsic_with_tools():
              inputs={"depth": maps["depth"]}, outputs=(("image", "IMAGE"),)),
         preview(47, (x2, 1680), 46, 0, "Depth (near = warm)"),
         Node(48, "LumiXSaveMaps", (x, 1360), (400, 760), "LumiX Save Maps",
-             widgets={"filename_prefix": "LumiX/scene", "fov_degrees": 60.0}, inputs=dict(maps)),
+             widgets={"filename_prefix": "LumiX/scene", "fov_degrees": 60.0, "multilayer_exr": False},
+             inputs=dict(maps)),
         note(30, MODEL_NOTE_POS, MODEL_NOTE, MODEL_NOTE_SIZE),
         note(31, NOTE_POS,
              "Map tools (right of the sampler): the consistency node measures whether the maps agree; its heat "
