@@ -3,6 +3,7 @@ runs under torchrun of the project's Trainer on a tiny denoiser (tests/dist/trai
 against one process with the same global batch."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "dist"))
 from trainer_worker import starting_adapters  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "dist" / "trainer_worker.py"
+EXIT_WORKER = Path(__file__).resolve().parent / "dist" / "exit_worker.py"
 
 
 def test_per_rank_batch_splits_the_global_batch_and_refuses_what_does_not_divide():
@@ -77,3 +79,36 @@ def test_two_gloo_processes_train_like_one_process_and_see_each_scene_once(tmp_p
     seen = [json.loads((tmp_path / "two" / f"seen_{r}.json").read_text()) for r in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == 4
     assert sorted(seen[0] + seen[1]) == list(range(8)), "every scene of the epoch once, across ranks"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_rank_job(*args) -> list[tuple[int, str]]:
+    """exit_worker.py as a 2-process gloo job (the ranks started directly, as torchrun would, without
+    its launcher process: cheaper); (exit code, output) of each rank."""
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC", "MASTER_", "RANK", "WORLD_"))}
+    procs = [subprocess.Popen([sys.executable, str(EXIT_WORKER), *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env={**base, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": str(r),
+                                   "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for r in range(2)]
+    return [(p.wait(timeout=120), p.stdout.read()) for p in procs]
+
+
+def test_a_finished_two_process_job_exits_0_every_time():
+    """After its work, a rank sometimes aborted at exit ('terminate called without an active exception',
+    SIGABRT) while DDP outlived the process group: about 1 finished job in 50, 3 in 10 on this loaded
+    2-core machine (exit_worker.py 'unfixed' shows it); under --max-restarts a finished job was restarted.
+    The trainer's ending (D.shutdown, D.exit_process) must exit 0 every time."""
+    runs = int(os.environ.get("LUMIX_EXIT_RUNS", "20"))
+    failures = []
+    for run in range(runs):
+        for rank, (code, output) in enumerate(two_rank_job()):
+            if code != 0 or f"rank {rank} done" not in output:
+                failures.append(f"run {run} rank {rank}: exit {code}: {output[-500:]}")
+    assert not failures, f"{len(failures)} of {2 * runs} ranks failed:\n" + "\n".join(failures[:3])

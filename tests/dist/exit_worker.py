@@ -2,7 +2,7 @@
 many 2-process jobs of it): DDP-wrapped adapters, one backward with its all-reduce, a reference
 cycle that keeps the wrapper alive as the trainer's closures do, then D.shutdown and D.exit_process.
 
-    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python exit_worker.py
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python exit_worker.py [unfixed]
 Before the fix, about 1 such job in 50 (far more on a loaded machine) had a rank abort after its
 work was done ("terminate called without an active exception", SIGABRT).
 """
@@ -11,6 +11,8 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS.parent)]
+import torch  # noqa: E402
+
 from lumix_core.training import LumiXAdapters  # noqa: E402
 from lumix_core.training import distributed as D  # noqa: E402
 
@@ -23,10 +25,17 @@ def main() -> int:
     holder = {"ddp": ddp}
     holder["self"] = holder  # freed only by the garbage collector, as the trainer's objects are
     del ddp
-    D.shutdown(ctx)
+    if UNFIXED:  # the ending before the fix, to see the abort it had: the wrapper outlives the group
+        torch.distributed.destroy_process_group()
+    else:
+        D.shutdown(ctx)
     print(f"rank {ctx.rank} done", flush=True)
     return 0
 
 
+UNFIXED = sys.argv[1:] == ["unfixed"]
 if __name__ == "__main__":
-    D.exit_process(main())
+    code = main()
+    if UNFIXED:
+        sys.exit(code)
+    D.exit_process(code)
