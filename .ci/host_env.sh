@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds (or updates) a virtual environment that runs ComfyUI 0.3.64 and the host tests:
+# Builds (or updates) a virtual environment that runs one ComfyUI tree (0.3.64 by default) and the host tests:
 #   bash .ci/host_env.sh [VENV_DIR] [COMFYUI_TREE]
 # torch 2.14.1 + torchvision 0.29.1 (this ComfyUI imports torchvision), then ComfyUI's requirements.txt without
 # torch/torchvision/torchaudio (torchsde stays), then what the tests and the web UI need.

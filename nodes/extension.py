@@ -5,6 +5,7 @@ from typing_extensions import override
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from .host_version import log_untested_host
 from .model_nodes import LumiXQueryBroadcast, LumiXTensorLoRALoader, register_model_folder
 from .map_tool_nodes import LumiXConsistency, LumiXDepthColormap, LumiXNormalFlip, LumiXRelight, LumiXSaveMaps
 from .composable_nodes import LumiXEmptyLatent, LumiXHoldMaps, LumiXNoise, LumiXReferenceSigmas, LumiXSplitMaps
@@ -23,4 +24,5 @@ class LumiXExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> LumiXExtension:
     register_model_folder()
+    log_untested_host()
     return LumiXExtension()

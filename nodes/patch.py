@@ -12,12 +12,15 @@ import logging
 import torch
 
 import comfy.ldm.flux.math as flux_math
+import comfy.patcher_extension
 
 from ..lumix_core import MAP_COUNT, SOURCE_MAP_INDEX, double_block_forward, single_block_forward
 from ..lumix_core.maps import check_sampled_batch
-from .flux_model import flux_diffusion_model
+from ..lumix_core.rope import apply_rope
+from .flux_model import flux_diffusion_model, refuse_reference_latents
 
 SETTINGS_KEY = "lumix"
+REFERENCE_LATENTS_KEY = "lumix_refuse_reference_latents"
 _LOG = logging.getLogger("LumiX")
 _BLOCK_NAMES = {"double_blocks": "double_block", "single_blocks": "single_block"}
 
@@ -100,6 +103,11 @@ class LumiXBlockPatch:
         options = args.get("transformer_options") or {}
 
         def attention(q, k, v, pe, mask):
+            if pe is not None and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+                # Training: the host's RoPE kernel may have no backward (comfy-kitchen's on ComfyUI
+                # 0.8); rotate with plain torch ops here and let the host attend without RoPE.
+                q, k = apply_rope(q, k, pe)
+                pe = None
             return flux_math.attention(q, k, v, pe=pe, mask=mask, transformer_options=options)
 
         # The batch as the user set it (the model sees it once per batched condition, e.g. x2 with CFG).
@@ -134,6 +142,9 @@ def apply_lumix(model, **changes):
             patched.set_model_patch_replace(LumiXBlockPatch(kind, index, block, settings, previous),
                                             "dit", name, index)
     patched.model_options.setdefault("transformer_options", {})[SETTINGS_KEY] = settings
+    wrapper_type = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    if not patched.get_wrappers(wrapper_type, REFERENCE_LATENTS_KEY):
+        patched.add_wrapper_with_key(wrapper_type, REFERENCE_LATENTS_KEY, refuse_reference_latents)
     if foreign:
         _LOG.warning(
             "LumiX: %d FLUX blocks already carry another node's block-replace patch (%s%s). LumiX "

@@ -51,6 +51,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lumix_comfy_models as comfy_models  # noqa: E402  (ComfyUI's FLUX config for an explicit shape)
+
 REPO = Path(__file__).resolve().parents[1]
 MAP_NAMES_REF = ["diffuse_reflectance", "diffuse_illumination", "color", "depth", "normal"]
 
@@ -302,8 +305,8 @@ def stand_in_nodes(comfy_nodes, reference_model, calls, decoded):
 
         def load(self):
             head = HIDDEN // HEADS
-            config = comfy.supported_models.Flux({
-                "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": VEC,
+            config = comfy_models.flux1_model_config({
+                "in_channels": 16, "out_channels": 16, "vec_in_dim": VEC,
                 "context_in_dim": CONTEXT, "hidden_size": HIDDEN, "mlp_ratio": 2.0, "num_heads": HEADS,
                 "depth": DOUBLE, "depth_single_blocks": SINGLE, "axes_dim": [head // 4, 3 * head // 8, 3 * head // 8],
                 "theta": 10000, "qkv_bias": True, "guidance_embed": True, "patch_size": 2})
@@ -407,7 +410,7 @@ def run_workflow(comfy_nodes, path, replace, edits, t5_min_length=None):
         fail(f"{path.name} does not validate: {error} {json.dumps(node_errors)[:1500]}")
     if node_errors:  # ComfyUI then runs the outputs that did validate
         print(f"   NOTE: {path.name}: ComfyUI dropped outputs that do not validate: {json.dumps(node_errors)[:600]}")
-    executor = execution.PromptExecutor(StubServer())
+    executor = comfy_models.prompt_executor(StubServer())
     executor.execute(prompt, "parity", {}, outputs)
     if not executor.success:
         fail(f"{path.name} failed: {json.dumps(executor.status_messages, default=str)[-3000:]}")

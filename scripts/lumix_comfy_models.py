@@ -88,6 +88,51 @@ def torch_dtype(name: str):
     return None if name == "default" else getattr(torch, _DTYPES[name])
 
 
+# FLUX.1's value of each FluxParams field that newer ComfyUI versions require and older ones lack
+# (0.8 added txt_ids_dims; FLUX.2 sets it, FLUX.1 passes an empty list). Filled only where the host's
+# FluxParams has the field, so one unet_config serves every version.
+_FLUX1_FIELDS_ADDED_BY_NEWER_COMFYUI = {"txt_ids_dims": list}
+
+
+def flux1_model_config(shape: dict):
+    """ComfyUI's FLUX model config (comfy.supported_models.Flux) for a FLUX.1 transformer of an explicit
+    shape (unet_config keys: hidden_size, num_heads, depth, ...), for widths that ComfyUI's detection
+    from a state dict cannot read (test models). Works on every ComfyUI version this project supports."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+    import comfy.supported_models
+
+    fields = {f.name: f for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    unet_config = {"image_model": "flux", **shape}
+    for name, make_default in _FLUX1_FIELDS_ADDED_BY_NEWER_COMFYUI.items():
+        if name in fields and name not in unet_config:
+            unet_config[name] = make_default()
+    required = {name for name, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(unet_config))
+    if missing:
+        raise ValueError(f"flux_config lacks {', '.join(missing)} (this ComfyUI's FLUX needs them); "
+                         "add them to [model] flux_config")
+    return comfy.supported_models.Flux(unet_config)
+
+
+def prompt_executor(server):
+    """ComfyUI's PromptExecutor set up as main.py sets it up for its default cache. Its cache settings
+    changed between versions (0.3.x: cache_size; 0.8: a cache_args dict it reads while executing), so
+    they are passed by the parameter the host's constructor has."""
+    import inspect
+
+    import execution
+    from comfy.cli_args import args
+
+    params = inspect.signature(execution.PromptExecutor).parameters
+    if "cache_args" in params:
+        return execution.PromptExecutor(server, cache_args={"lru": getattr(args, "cache_lru", 0),
+                                                            "ram": getattr(args, "cache_ram", 0)})
+    return execution.PromptExecutor(server)
+
+
 def load_flux(path: str, weight_dtype: str = "default", flux_config: dict | None = None):
     """The FLUX transformer as a ComfyUI ModelPatcher, frozen."""
     import comfy.model_management as mm
@@ -102,7 +147,7 @@ def load_flux(path: str, weight_dtype: str = "default", flux_config: dict | None
         patcher = comfy.sd.load_diffusion_model(path, model_options=options)
     else:
         state = comfy.utils.load_torch_file(path)
-        config = comfy.supported_models.Flux({"image_model": "flux", **flux_config})
+        config = flux1_model_config(flux_config)
         unet_dtype = dtype or comfy.utils.weight_dtype(state) or next(iter(state.values())).dtype
         config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, mm.get_torch_device(),
                                                                    config.supported_inference_dtypes))

@@ -38,6 +38,17 @@ def output_dir(tmp_path):
     folder_paths.set_output_directory(before)
 
 
+def with_hidden(node_cls, hidden: dict):
+    """A clone of a V3 node class carrying hidden inputs, as ComfyUI's executor prepares one before
+    execute. ComfyUI 0.3.x passes the hidden dict itself; 0.8 passes V3 data that holds it under
+    'hidden_inputs' (told apart by the method's parameter name)."""
+    import inspect
+
+    if "v3_data" in inspect.signature(node_cls.PREPARE_CLASS_CLONE).parameters:
+        return node_cls.PREPARE_CLASS_CLONE({"hidden_inputs": hidden})
+    return node_cls.PREPARE_CLASS_CLONE(hidden)
+
+
 def extension_module():
     return sys.modules[str(REPO).replace(".", "_x_")]
 

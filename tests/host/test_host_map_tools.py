@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_host import TinyVAE, conditioning, load_extension, output_dir, tiny_lumix_model  # noqa: F401  (output_dir: a fixture)
+from comfy_host import TinyVAE, conditioning, load_extension, output_dir, tiny_lumix_model, with_hidden  # noqa: F401  (output_dir: a fixture)
 from lumix_core import MAP_NAMES  # noqa: E402
 from lumix_core.export import exr_available  # noqa: E402
 from synthetic_scene import FOV, scene, shift  # noqa: E402
@@ -88,8 +88,8 @@ def test_save_maps_writes_scene_folders_without_overwriting(sampled, output_dir)
     }
     from comfy_api.v0_0_2 import io
     # what ComfyUI's executor does: a class clone carrying the hidden inputs
-    save = NODES["LumiXSaveMaps"].PREPARE_CLASS_CLONE({io.Hidden.prompt: graph, io.Hidden.unique_id: "40",
-                                                       io.Hidden.extra_pnginfo: {"workflow": {"nodes": []}}})
+    save = with_hidden(NODES["LumiXSaveMaps"], {io.Hidden.prompt: graph, io.Hidden.unique_id: "40",
+                                                io.Hidden.extra_pnginfo: {"workflow": {"nodes": []}}})
     out = save.execute("LumiX/scene", FOV, **sampled)
     save.execute("LumiX/scene", FOV, **sampled)
     folders = sorted(p.name for p in (output_dir / "LumiX").iterdir())

@@ -42,9 +42,12 @@ def adapters_by_hand(path):
     return load_checkpoint(str(path)).build_adapters()
 
 
-def test_comfyui_version_is_reported():
+def test_comfyui_version_is_reported_and_is_a_tested_one():
     assert COMFYUI_VERSION.count(".") == 2
     print(f"host tests against ComfyUI {COMFYUI_VERSION}")
+    host_version = extension_module().nodes.host_version
+    assert COMFYUI_VERSION in host_version.TESTED_COMFYUI  # CI's trees are the tested versions
+    assert host_version.log_untested_host() is None  # so nothing is logged at start
 
 
 def test_nodes_in_object_info_with_the_contracted_inputs(lumix_dir):
@@ -236,7 +239,7 @@ def test_not_flux_model():
             self.device = None
 
     patcher = comfy.model_patcher.ModelPatcher(NotFlux(), torch.device("cpu"), torch.device("cpu"))
-    with pytest.raises(ValueError, match="LumiX patches FLUX.1 models, but this MODEL is a Linear"):
+    with pytest.raises(ValueError, match="LumiX patches FLUX.1-dev, but this MODEL is a Linear"):
         QueryBroadcast.execute(patcher, "color", 5)
     with pytest.raises(ValueError, match="Load Diffusion Model"):
         Loader.execute(patcher, "tiny_lumix.safetensors", 1.0, True)

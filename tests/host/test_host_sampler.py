@@ -5,7 +5,7 @@ import numpy
 import pytest
 import torch
 
-from comfy_host import (TinyVAE, conditioning, load_extension, tiny_flux,
+from comfy_host import (with_hidden, TinyVAE, conditioning, load_extension, tiny_flux,
                         tiny_lumix_model)  # first: skips this module where there is no ComfyUI
 
 import comfy.model_management  # noqa: E402
@@ -219,7 +219,7 @@ def test_unpatched_model_runs_and_warns_in_the_ui(caplog, monkeypatch):
     import types
     fake = FakeServer()
     monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=fake)))
-    node = Sampler.PREPARE_CLASS_CLONE({"UNIQUE_ID": "17"})
+    node = with_hidden(Sampler, {"UNIQUE_ID": "17"})
     with caplog.at_level(logging.WARNING):
         out = node.execute(tiny_flux(seed=3), conditioning(1), conditioning(2), TinyVAE(), 0, 1, 1.0, "euler",
                            "simple", SIZE, SIZE, 1, True)

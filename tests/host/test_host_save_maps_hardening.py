@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_host import load_extension, output_dir  # noqa: F401  (first: skips without ComfyUI; output_dir: a fixture)
+from comfy_host import load_extension, output_dir, with_hidden  # noqa: F401  (first: skips without ComfyUI; output_dir: a fixture)
 from lumix_core import MAP_NAMES  # noqa: E402
 from disk_faults import FullDisk, strict_loads  # noqa: E402
 from synthetic_scene import FOV, scene  # noqa: E402
@@ -108,7 +108,7 @@ def test_seed_of_the_last_scene_wraps(output_dir, maps):
     graph = {"10": {"class_type": "LumiXSampler", "inputs": {"seed": 2**64 - 1}},
              "40": {"class_type": "LumiXSaveMaps", "inputs": {"color": ["10", 2]}}}
     from comfy_api.v0_0_2 import io
-    save = Save.PREPARE_CLASS_CLONE({io.Hidden.prompt: graph, io.Hidden.unique_id: "40"})
+    save = with_hidden(Save, {io.Hidden.prompt: graph, io.Hidden.unique_id: "40"})
     save.execute("seed/scene", FOV, color=maps["color"])
     seeds = [strict_json(output_dir / "seed" / f"scene_0000{i}" / "lumix.json")["generation"].get("seed")
              for i in (1, 2)]

@@ -13,6 +13,7 @@ from tiny_flux import official_state_dict
 from workflow_files import FRONTEND_ONLY_TYPES, api_twin, load, ui_files, ui_widget_values
 
 import execution  # noqa: E402  (ComfyUI's)
+from lumix_comfy_models import prompt_executor  # noqa: E402  (on sys.path through tiny_comfy)
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -165,7 +166,7 @@ def run_shipped(placeholder_models, output_dir, tmp_path_factory):
             edit(prompt)
         MODEL_CALLS.clear()
         tiny_comfy.TOKENIZE_CALLS.clear()
-        executor = execution.PromptExecutor(StubServer())
+        executor = prompt_executor(StubServer())
         outputs = [k for k, v in prompt.items() if is_output_node(comfy_nodes.NODE_CLASS_MAPPINGS[v["class_type"]])]
         executor.execute(prompt, "lumix-test", {}, outputs)
         assert executor.success, json.dumps(executor.status_messages, default=str)[-3000:]

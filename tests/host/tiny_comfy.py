@@ -1,6 +1,8 @@
 """Tiny ComfyUI objects for host tests and the test server's fixture nodes: a random FLUX inside
 ComfyUI's own model classes, a small VAE and CLIP with ComfyUI's interfaces, conditioning."""
 import hashlib
+import sys
+from pathlib import Path
 
 import torch
 
@@ -8,6 +10,9 @@ import comfy.ldm.flux.math as flux_math
 import comfy.model_management as model_management
 import comfy.model_patcher
 import comfy.supported_models
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from lumix_comfy_models import flux1_model_config  # noqa: E402  (one FLUX config for every ComfyUI version)
 
 HIDDEN, HEADS, DOUBLE, SINGLE, CONTEXT, VEC = 64, 2, 2, 3, 32, 24
 
@@ -29,7 +34,7 @@ def tiny_flux(seed=0, dtype=torch.float32, manual_cast=None, hidden=HIDDEN, doub
         "depth": double, "depth_single_blocks": single, "axes_dim": [head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8],
         "theta": 10000, "qkv_bias": True, "guidance_embed": True, "patch_size": 2,
     }
-    config = comfy.supported_models.Flux(unet_config)
+    config = flux1_model_config(unet_config)
     config.set_inference_dtype(dtype, manual_cast)
     base = config.get_model({})
     randomize_(base.diffusion_model, seed)
