@@ -3,7 +3,6 @@ runs under torchrun of the project's Trainer on a tiny denoiser (tests/dist/trai
 against one process with the same global batch."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,34 +80,25 @@ def test_two_gloo_processes_train_like_one_process_and_see_each_scene_once(tmp_p
     assert sorted(seen[0] + seen[1]) == list(range(8)), "every scene of the epoch once, across ranks"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def two_rank_job(*args) -> list[tuple[int, str]]:
-    """exit_worker.py as a 2-process gloo job (the ranks started directly, as torchrun would, without
-    its launcher process: cheaper); (exit code, output) of each rank."""
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC", "MASTER_", "RANK", "WORLD_"))}
-    procs = [subprocess.Popen([sys.executable, str(EXIT_WORKER), *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True,
-                              env={**base, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": str(r),
-                                   "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-             for r in range(2)]
-    return [(p.wait(timeout=120), p.stdout.read()) for p in procs]
+def two_rank_job(*args) -> tuple[int, str]:
+    """exit_worker.py as a 2-process gloo job under torchrun: (torchrun's exit code, output). (Started
+    without torchrun, the unfixed ending aborted far less often: 0 of 10 against 2 of 10 here.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(EXIT_WORKER),
+           *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    return done.returncode, done.stdout + done.stderr
 
 
 def test_a_finished_two_process_job_exits_0_every_time():
     """After its work, a rank sometimes aborted at exit ('terminate called without an active exception',
-    SIGABRT) while DDP outlived the process group: about 1 finished job in 50, 3 in 10 on this loaded
+    SIGABRT) while DDP outlived the process group: about 1 finished job in 50, 2-3 in 10 on this loaded
     2-core machine (exit_worker.py 'unfixed' shows it); under --max-restarts a finished job was restarted.
     The trainer's ending (D.shutdown, D.exit_process) must exit 0 every time."""
     runs = int(os.environ.get("LUMIX_EXIT_RUNS", "20"))
     failures = []
     for run in range(runs):
-        for rank, (code, output) in enumerate(two_rank_job()):
-            if code != 0 or f"rank {rank} done" not in output:
-                failures.append(f"run {run} rank {rank}: exit {code}: {output[-500:]}")
-    assert not failures, f"{len(failures)} of {2 * runs} ranks failed:\n" + "\n".join(failures[:3])
+        code, output = two_rank_job()
+        if code != 0 or "rank 0 done" not in output or "rank 1 done" not in output:
+            failures.append(f"run {run}: exit {code}: {output[-600:]}")
+    assert not failures, f"{len(failures)} of {runs} finished jobs failed:\n" + "\n".join(failures[:2])

@@ -2,7 +2,7 @@
 many 2-process jobs of it): DDP-wrapped adapters, one backward with its all-reduce, a reference
 cycle that keeps the wrapper alive as the trainer's closures do, then D.shutdown and D.exit_process.
 
-    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python exit_worker.py [unfixed]
+    python -m torch.distributed.run --nproc_per_node 2 --standalone exit_worker.py [unfixed]
 Before the fix, about 1 such job in 50 (far more on a loaded machine) had a rank abort after its
 work was done ("terminate called without an active exception", SIGABRT).
 """
