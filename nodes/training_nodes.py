@@ -235,11 +235,6 @@ class LumiXTrainer(io.ComfyNode):
         name = output_name.strip()
         out_dir = _output_folder()
         work_dir = os.path.join(out_dir, f"{name}_training")
-        try:  # every name the run writes, temporaries included, before anything is loaded or trained
-            files = RunFiles(work_dir, name, os.path.join(out_dir, f"{name}.safetensors"))
-            files.check(steps)
-        except ValueError as exc:
-            raise ValueError(f"LumiX Trainer: output_name: {exc}.") from None
         try:
             config = TrainConfig(rank=rank, steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
                                  optimizer=optimizer, learning_rate=learning_rate, warmup_steps=warmup_steps,
@@ -251,6 +246,11 @@ class LumiXTrainer(io.ComfyNode):
             dm = flux_diffusion_model(model)
         except (ValueError, NotFluxError) as exc:
             raise ValueError(f"LumiX Trainer: {exc}") from None
+        try:  # every name the run writes, temporaries included, before anything is loaded or trained
+            files = RunFiles(work_dir, name, os.path.join(out_dir, f"{name}.safetensors"))
+            files.check(config.steps)
+        except ValueError as exc:
+            raise ValueError(f"LumiX Trainer: output_name: {exc}.") from None
         if validate_every and vae is None:
             raise ValueError("LumiX Trainer: validate_every is on but no vae is connected; connect the FLUX VAE or set it to 0.")
         final_path, state_path = files.final_path, files.state
