@@ -59,7 +59,8 @@ def parse_args(argv=None):
 def check_new_run(cfg: RunConfig, ctx: D.DistContext, overwrite: bool) -> None:
     """A run that does not resume must not silently replace another run's checkpoints and state (the
     node refuses the same): refused unless --overwrite, which deletes them first (rank 0)."""
-    existing = cfg.files().existing()
+    # rank 0's view (the other machines need not see its files), so that every rank decides alike
+    existing = D.broadcast_object(ctx, cfg.files().existing() if ctx.is_main else None, "checking the output folder")
     if not existing:
         return
     if not overwrite:
