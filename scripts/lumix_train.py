@@ -188,7 +188,7 @@ def train(cfg: RunConfig, ctx: D.DistContext, resume: str | None) -> None:
     finally:
         run.close()
     log(ctx, f"done: {trainer.checkpoint_path(final=True)}")
-    run.release()  # the DDP wrapper goes before the process group does (see D.exit_process)
+    run.release()  # the DDP wrapper goes before the process group does (see D.shutdown)
 
 
 def main(argv=None) -> int:
