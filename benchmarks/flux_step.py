@@ -40,6 +40,9 @@ FLUX_DEV = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_i
             "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
             "guidance_embed": True, "patch_size": 2}
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from lumix_comfy_models import flux1_model_config  # noqa: E402  (FLUX.1 config for any ComfyUI version)
+
 
 def _reexec_with_returning_malloc():
     """On the CPU, restart once with large allocations mmapped (freed memory leaves the RSS)."""
@@ -97,7 +100,7 @@ def build_flux(weights, device, double, single, seed=0):
     storage, compute = {"bf16": (torch.bfloat16, None), "fp32": (torch.float32, None),
                         "fp8": (torch.float8_e4m3fn, torch.bfloat16),
                         "fp8_fast": (torch.float8_e4m3fn, torch.bfloat16)}[weights]
-    config = comfy.supported_models.Flux(dict(FLUX_DEV, depth=double, depth_single_blocks=single))
+    config = flux1_model_config(dict(FLUX_DEV, depth=double, depth_single_blocks=single))
     config.set_inference_dtype(storage, compute)
     if weights == "fp8_fast":
         config.optimizations["fp8"] = True  # what UNETLoader's fp8_e4m3fn_fast does

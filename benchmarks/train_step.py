@@ -29,9 +29,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = ("plain", "lumix_ckpt", "lumix_nockpt", "lumix_ckpt_vae")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from lumix_comfy_models import flux1_model_config  # noqa: E402  (FLUX.1 config for any ComfyUI version)
 
 
 def _comfy(path):
@@ -68,7 +72,7 @@ def build_flux(o, torch):
            "hidden_size": o.hidden, "mlp_ratio": 4.0, "num_heads": o.heads, "depth": o.double,
            "depth_single_blocks": o.single, "axes_dim": [head // 8, 7 * head // 16, 7 * head // 16], "theta": 10000,
            "qkv_bias": True, "guidance_embed": True, "patch_size": 2}
-    config = comfy.supported_models.Flux(cfg)
+    config = flux1_model_config(cfg)
     dtype = getattr(torch, o.dtype)
     config.set_inference_dtype(dtype, None)
     device = mm.get_torch_device()

@@ -97,32 +97,50 @@ def double_block_forward(
     img_mod1, img_mod2 = block.img_mod(vec)
     txt_mod1, txt_mod2 = block.txt_mod(vec)
 
+    # Intermediates are dropped as soon as they are used (as ComfyUI 0.8's own blocks do), so the
+    # patched block's peak memory stays that of the plain one.
     img_modulated = _modulate(block.img_norm1(img), img_mod1)
     img_qkv = block.img_attn.qkv(img_modulated)
     img_q, img_k, img_v = img_qkv.view(img_qkv.shape[0], img_qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+    del img_qkv
     img_q, img_k = block.img_attn.norm(img_q, img_k, img_v)
     if kv_lora is not None:
         img_k, img_v = _add_kv_delta(img_k, img_v, kv_lora, img_modulated, heads, lora_strength)
+    del img_modulated
     if query_broadcast:
         img_q = broadcast_source_query(img_q, maps_per_scene, source_map)
 
     txt_modulated = _modulate(block.txt_norm1(txt), txt_mod1)
     txt_qkv = block.txt_attn.qkv(txt_modulated)
+    del txt_modulated
     txt_q, txt_k, txt_v = txt_qkv.view(txt_qkv.shape[0], txt_qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+    del txt_qkv
     txt_q, txt_k = block.txt_attn.norm(txt_q, txt_k, txt_v)
 
-    attn = attention(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2),
-                     torch.cat((txt_v, img_v), dim=2), pe, attn_mask)
+    q = torch.cat((txt_q, img_q), dim=2)
+    del txt_q, img_q
+    k = torch.cat((txt_k, img_k), dim=2)
+    del txt_k, img_k
+    v = torch.cat((txt_v, img_v), dim=2)
+    del txt_v, img_v
+    attn = attention(q, k, v, pe, attn_mask)
+    del q, k, v
     txt_attn, img_attn = attn[:, :txt.shape[1]], attn[:, txt.shape[1]:]
+    del attn
 
     img_out = block.img_attn.proj(img_attn)
+    del img_attn
     if proj_lora is not None:
         img_out = _add(img_out, proj_lora(img_out, lora_strength))
+    # The first residual add makes a new tensor (the block's input stays as the caller gave it, for
+    # wrappers that keep it); the second adds into that one where autograd does not record.
     img = img + img_out * img_mod1.gate
-    img = img + block.img_mlp(_modulate(block.img_norm2(img), img_mod2)) * img_mod2.gate
+    del img_out
+    img = _add(img, block.img_mlp(_modulate(block.img_norm2(img), img_mod2)) * img_mod2.gate)
 
     txt = txt + block.txt_attn.proj(txt_attn) * txt_mod1.gate
-    txt = txt + block.txt_mlp(_modulate(block.txt_norm2(txt), txt_mod2)) * txt_mod2.gate
+    del txt_attn
+    txt = _add(txt, block.txt_mlp(_modulate(block.txt_norm2(txt), txt_mod2)) * txt_mod2.gate)
     if txt.dtype == torch.float16:
         txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
     return img, txt
@@ -150,17 +168,22 @@ def single_block_forward(
     modulated = _modulate(block.pre_norm(x), mod)
     qkv, mlp = torch.split(block.linear1(modulated), [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
     q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+    del qkv
     q, k = block.norm(q, k, v)
     if kv_lora is not None:
         k, v = _add_kv_delta(k, v, kv_lora, modulated, heads, lora_strength)
+    del modulated
     if query_broadcast:
         q = broadcast_source_query(q, maps_per_scene, source_map)
 
     attn = attention(q, k, v, pe, attn_mask)
-    output = block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
+    del q, k, v
+    mlp = block.mlp_act(mlp)  # rebinding frees linear1's output (q, k and v are gone) before the cat
+    output = block.linear2(torch.cat((attn, mlp), 2))
+    del attn, mlp
     if proj_lora is not None:
         output = _add(output, proj_lora(output, lora_strength))
-    x = x + output * mod.gate
+    x = x + output * mod.gate  # a new tensor: the block's input stays as the caller gave it
     if x.dtype == torch.float16:
         x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
     return x

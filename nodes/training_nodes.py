@@ -18,12 +18,14 @@ from ..lumix_core.training import (
     OPTIMIZERS, TIMESTEP_SAMPLINGS, DatasetError, LumiXAdapters, TrainConfig, Trainer, TrainingStopped,
     encode_dataset, read_training_state, scan_dataset,
 )
+from ..lumix_core.training.cache import tokenizer_identity
 from ..lumix_core.training.config import SETTING
 from ..lumix_core.training.files import RunFiles
 from ..lumix_core.training.logs import TrainingLog
 from ..lumix_core.training.resume import check_training_state
 from ..lumix_core.training.validation import consistency_summary
 from . import categories
+from .dataset_folders import DEFAULT_CACHE, DEFAULT_FOLDER, FolderError, dataset_choices, resolve_cache, resolve_dataset
 from .flux_model import NotFluxError, block_counts, flux_diffusion_model
 from .model_nodes import LUMIX_FOLDER, checkpoint_choices, checkpoint_path
 from .patch import apply_lumix
@@ -50,18 +52,44 @@ def _fingerprint(obj) -> str:
     return h.hexdigest()[:16]
 
 
-def _resolve_folder(folder: str) -> str:
-    folder = os.path.expanduser(folder.strip())
-    if not folder:
-        raise ValueError("LumiX Training Dataset: give the dataset folder (absolute, or relative to ComfyUI/input/).")
-    return folder if os.path.isabs(folder) else os.path.join(folder_paths.get_input_directory(), folder)
-
-
 def _text_encoder(clip):
     def encode(text):
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
         return cond[0][0][0], cond[0][1]["pooled_output"][0]
     return encode
+
+
+def _first_tensor(value, depth=0):
+    if isinstance(value, torch.Tensor):
+        return value
+    if depth < 3 and isinstance(value, (list, tuple)):
+        for item in value:
+            found = _first_tensor(item, depth + 1)
+            if found is not None:
+                return found
+    weights = getattr(value, "weights", None)  # ComfyUI's LoRA adapters
+    return _first_tensor(weights, depth + 1) if weights is not None and depth < 3 else None
+
+
+def _text_identity(clip):
+    """What changes a text embedding besides the caption and the encoder's weights, for the cache keys:
+    the tokens themselves (so the tokenizer options, e.g. T5TokenizerOptions' padding, count), the
+    options, the CLIP layer and the patches (LoRAs) on the text encoder."""
+    h = hashlib.sha256(tokenizer_identity(dict(getattr(clip, "tokenizer_options", None) or {})).encode())
+    h.update(f"|layer={getattr(clip, 'layer_idx', None)}".encode())
+    patches = getattr(getattr(clip, "patcher", None), "patches", None) or {}
+    for key in sorted(patches):
+        h.update(key.encode())
+        for patch in patches[key]:
+            h.update(repr([p for p in patch if isinstance(p, (int, float, str))]).encode())
+            t = _first_tensor(patch[1]) if len(patch) > 1 else None
+            if t is not None:
+                h.update(t.detach().flatten()[:256].float().cpu().numpy().tobytes())
+    base = h.hexdigest()
+
+    def identity(caption: str) -> str:
+        return base + "/" + hashlib.sha256(repr(clip.tokenize(caption)).encode()).hexdigest()
+    return identity
 
 
 class LumiXTrainingDataset(io.ComfyNode):
@@ -74,19 +102,27 @@ class LumiXTrainingDataset(io.ComfyNode):
             description="Reads a folder of scenes (five maps + a caption each), encodes them once with the VAE and "
                         "text encoders and caches the result on disk. Layouts: <root>/<map>/<id>_<map>.png with "
                         "captions in <root>/captions*/<id>_color.json (the LumiX reference), or scene folders with "
-                        "albedo/irradiance/color/depth/normal.png and lumix.json (LumiX Save Maps).",
+                        "albedo/irradiance/color/depth/normal.png and lumix.json (LumiX Save Maps). Folders: "
+                        "subfolders of ComfyUI/input/, or of folders registered as 'lumix_datasets' in "
+                        "extra_model_paths.yaml.",
             inputs=[
-                io.String.Input("folder", default="lumix_dataset",
-                                tooltip="Dataset folder: absolute, or relative to ComfyUI/input/."),
+                io.Combo.Input("folder", options=dataset_choices(), default=DEFAULT_FOLDER,
+                               tooltip="Dataset folder: a subfolder of ComfyUI/input/, or '<name> [lumix_datasets]' "
+                                       "from a folder registered as lumix_datasets in extra_model_paths.yaml "
+                                       "(press R in the browser to refresh the list)."),
                 io.Vae.Input("vae", tooltip="The FLUX VAE (ae.safetensors)."),
-                io.Clip.Input("clip", tooltip="The FLUX text encoders (DualCLIPLoader: t5xxl + clip_l, type flux)."),
+                io.Clip.Input("clip", tooltip="The FLUX text encoders (DualCLIPLoader: t5xxl + clip_l, type flux). "
+                                              "Put T5TokenizerOptions (min_length 512) before it for the reference's "
+                                              "T5 padding; the cache is keyed by the tokens, so changing it re-encodes."),
                 io.Int.Input("resolution", default=512, min=64, max=2048, step=16,
                              tooltip="Training crop size; images are resized (aspect kept) so the short side is this."),
                 io.Boolean.Input("flip", default=False,
                                  tooltip="Also cache mirrored copies for random horizontal flips (the normal map's x "
                                          "is negated). Off by default, as in the paper's description."),
                 io.String.Input("cache_folder", default="",
-                                tooltip="Where encoded latents/text go; empty: <folder>/.lumix_cache."),
+                                tooltip="Where encoded latents/text go. Empty: <folder>/.lumix_cache inside the "
+                                        "dataset folder. Otherwise a folder name under ComfyUI/output/ (e.g. "
+                                        "lumix_cache/my_data); absolute paths, '~' and '..' are refused."),
             ],
             outputs=[TrainingData.Output("dataset", display_name="dataset",
                                          tooltip="The cached scenes, for the LumiX Trainer."),
@@ -95,26 +131,33 @@ class LumiXTrainingDataset(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder, vae, clip, resolution, flip, cache_folder):
-        root = _resolve_folder(folder)
+        try:
+            root = resolve_dataset(folder).path
+        except FolderError as exc:
+            return str(exc)  # execute reports it
         stamp = [(p, os.path.getmtime(os.path.join(p, f))) for p, _, fs in os.walk(root)
-                 if ".lumix_cache" not in p for f in sorted(fs)] if os.path.isdir(root) else []
+                 if DEFAULT_CACHE not in p for f in sorted(fs)]
         return hashlib.sha256(repr(stamp).encode()).hexdigest()
 
     @classmethod
     def execute(cls, folder, vae, clip, resolution, flip, cache_folder) -> io.NodeOutput:
-        root = _resolve_folder(folder)
         try:
-            scan = scan_dataset(root)
-        except DatasetError as exc:
+            dataset_folder = resolve_dataset(folder)
+            cache, cache_label = resolve_cache(cache_folder, dataset_folder)
+            scan = scan_dataset(dataset_folder.path, confine=True, label=dataset_folder.label)
+        except (FolderError, DatasetError) as exc:
             raise ValueError(f"LumiX Training Dataset: {exc}") from None
-        cache = cache_folder.strip() or os.path.join(root, ".lumix_cache")
         pbar = comfy.utils.ProgressBar(len(scan.scenes))
-        with torch.inference_mode(False):
-            dataset = encode_dataset(scan, vae.encode, _text_encoder(clip), cache, resolution, flip,
-                                     encoder_id=f"{_fingerprint(vae)}-{_fingerprint(clip)}",
-                                     progress=lambda done, total: pbar.update_absolute(done, total))
+        try:
+            with torch.inference_mode(False):
+                dataset = encode_dataset(scan, vae.encode, _text_encoder(clip), cache, resolution, flip,
+                                         encoder_id=f"{_fingerprint(vae)}-{_fingerprint(clip)}",
+                                         progress=lambda done, total: pbar.update_absolute(done, total),
+                                         text_identity=_text_identity(clip), cache_label=cache_label)
+        except ValueError as exc:  # no decodable scene, an encoder that returns NaN or the wrong shape
+            raise ValueError(f"LumiX Training Dataset: {exc}") from None
         skipped = "".join(f"\n  skipped {sid}: {why}" for sid, why in dataset.skipped[:20])
-        text = dataset.summary + skipped
+        text = dataset.summary + f"\ncache: {cache_label}" + skipped
         return io.NodeOutput(dataset, text, ui=ui.PreviewText(text))
 
 

@@ -300,7 +300,8 @@ def training_then_sampling():
         sampler(3.0, {"model": (13, 0, "MODEL")}),
     ] + savers() + [
         note(30, (COL_LOADERS, 1130),
-             f"Training data: ComfyUI/input/{TRAINING_DATASET_FOLDER}/ (or an absolute path), either\n"
+             f"Training data: ComfyUI/input/{TRAINING_DATASET_FOLDER}/ (or another input/ subfolder, or a folder "
+             "registered as lumix_datasets in extra_model_paths.yaml; press R to refresh the list), either\n"
              "- <map>/<id>_<map>.png with the map folders diffuse_reflectance, diffuse_illumination, color, depth, "
              "normal and captions in captions_blip2/<id>_color.json (the LumiX reference), or\n"
              "- one folder per scene with albedo/irradiance/color/depth/normal.png and lumix.json (LumiX Save "

@@ -16,6 +16,7 @@ import lumix_comfy_models as comfy_models
 from lumix_extension.lumix_core import load_checkpoint
 from lumix_extension.lumix_core.training import LumiXAdapters, Trainer, encode_dataset, scan_dataset
 from lumix_extension.lumix_core.training import distributed as D
+from lumix_extension.lumix_core.training.cache import REFERENCE_TOKENIZER, reference_text_identity
 from lumix_extension.lumix_core.training.logs import TrainingLog
 from lumix_extension.lumix_core.training.resume import check_training_state
 from lumix_extension.lumix_core.training.run_config import RunConfig
@@ -36,6 +37,8 @@ class LazyEncoders:
     def encode_text(self, caption: str):
         if self.clip is None:
             self.clip = comfy_models.load_text_encoders(self.cfg.model["clip_l"], self.cfg.model["t5xxl"])
+            for option, value in REFERENCE_TOKENIZER.items():  # T5-XXL padded to 512 tokens, as the reference
+                self.clip.set_tokenizer_option(option, value)
         cond = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(caption))
         return cond[0][0][0], cond[0][1]["pooled_output"][0]
 
@@ -93,7 +96,8 @@ def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None) -> 
 
     def encode():
         return encode_dataset(scan, encoders.encode_images, encoders.encode_text, str(cfg.cache_dir),
-                              train.resolution, train.flip, encoder_id=cfg.encoder_id())
+                              train.resolution, train.flip, encoder_id=cfg.encoder_id(),
+                              text_identity=reference_text_identity)
 
     dataset = D.in_turns(ctx, encode, "encoding the dataset into the cache")
     encoders.release()

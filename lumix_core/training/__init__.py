@@ -26,9 +26,10 @@ API note for the distributed (torchrun) trainer -- these names are stable:
   folders, before the first step), ``existing``, ``remove_stale_temporaries``.
 * ``read_training_state(path)`` (files.py) for ``--resume``, then ``check_training_state`` (resume.py)
   against the model and dataset before anything is allocated from it.
-* Data (data.py, cache.py): ``scan_dataset(root)`` -> ``DatasetScan`` (both layouts, skip counts);
-  ``encode_dataset(scan, encode_images, encode_text, cache_dir, resolution, flip)`` ->
-  ``EncodedDataset`` (a SceneSource) with an on-disk safetensors cache keyed by content+settings;
+* Data (data.py, cache.py): ``scan_dataset(root, confine=, label=)`` -> ``DatasetScan`` (both layouts, skip
+  counts, maps read at full precision); ``encode_dataset(scan, encode_images, encode_text, cache_dir,
+  resolution, flip, text_identity=)`` -> ``EncodedDataset`` (a SceneSource) with an on-disk safetensors
+  cache keyed by content+settings, its files checked (a bad one read in training raises ``CacheError``);
   ``dataset.with_latent_transform(model.model.process_latent_in)`` before training.
 * Host side (ComfyUI as a library): nodes/training_model.py -- ``new_adapters``, ``training_model``
   (apply_lumix + per-block checkpointing), ``load_for_training``, ``prepare_base_for_autograd`` (ComfyUI
@@ -37,7 +38,7 @@ API note for the distributed (torchrun) trainer -- these names are stable:
   the extension as a package outside ComfyUI's node loader.
 """
 from .adapters import LumiXAdapters
-from .cache import CachedScene, EncodedDataset, encode_dataset, latent_key, text_key
+from .cache import CacheError, CachedScene, EncodedDataset, encode_dataset, latent_key, text_key
 from .config import OPTIMIZERS, TIMESTEP_SAMPLINGS, TrainConfig
 from .data import DatasetError, DatasetScan, SceneFiles, flip_scene_images, load_scene_images, scan_dataset
 from .config import SETTINGS, Setting
@@ -50,7 +51,7 @@ from .timesteps import sample_held_maps, sample_map_timesteps, shifted_schedule
 from .trainer import Interrupted, SceneSource, StepMetrics, Trainer, TrainingStopped
 
 __all__ = [
-    "Assignment", "CachedScene", "DataOrder", "DatasetError", "DatasetScan", "EncodedDataset", "SceneFiles",
+    "Assignment", "CacheError", "CachedScene", "DataOrder", "DatasetError", "DatasetScan", "EncodedDataset", "SceneFiles",
     "encode_dataset", "flip_scene_images", "latent_key", "load_scene_images", "scan_dataset", "text_key", "FlowBatch", "LossResult", "LumiXAdapters", "OPTIMIZERS", "PRODIGY_MISSING",
     "SceneSource", "StepMetrics", "TIMESTEP_SAMPLINGS", "TrainConfig", "Trainer", "TrainingExample",
     "TrainingStopped", "atomic_write", "build_optimizer", "derived_seed", "flow_matching_loss", "make_flow_batch",

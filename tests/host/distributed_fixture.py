@@ -49,6 +49,7 @@ def write_toml(path: Path, sections: dict) -> Path:
 def build_shared(folder: Path, scenes: int = 4, resolution: int = 32) -> dict:
     """The model file, the dataset and its cache, shared by every run of a test module."""
     from lumix_core.training import encode_dataset, scan_dataset
+    from lumix_core.training.cache import reference_text_identity
     from lumix_core.training.run_config import parse_run_config
 
     flux = folder / "tiny_flux.safetensors"
@@ -67,7 +68,7 @@ def build_shared(folder: Path, scenes: int = 4, resolution: int = 32) -> dict:
         return cond[0][0][0], cond[0][1]["pooled_output"][0]
 
     encode_dataset(scan_dataset(str(data)), TinyVAE().encode, encode_text, str(cache), resolution, False,
-                   encoder_id=cfg.encoder_id())
+                   encoder_id=cfg.encoder_id(), text_identity=reference_text_identity)  # as the trainer keys text
     return {"model": model, "data": {"root": str(data), "cache_dir": str(cache)}, "resolution": resolution}
 
 

@@ -239,7 +239,7 @@ def test_errors_say_what_to_do(lumix_model):
             self.diffusion_model = torch.nn.Linear(2, 2)
             self.device = None
 
-    with pytest.raises(ValueError, match="LumiX patches FLUX.1 models"):
+    with pytest.raises(ValueError, match="LumiX patches FLUX.1-dev, but this MODEL"):
         sample(comfy.model_patcher.ModelPatcher(NotFlux(), torch.device("cpu"), torch.device("cpu")))
     with pytest.raises(ValueError, match=r"multiples of 16 \(got 72x64\); try 80x64|multiples of 16 \(got 72x64\); try 64x64"):
         sample(lumix_model, width=72)

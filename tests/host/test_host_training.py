@@ -40,12 +40,18 @@ def lumix_dir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
+    inputs = tmp_path_factory.mktemp("input")  # the node reads subfolders of ComfyUI's input folder only
+    root = inputs / "scenes"
     for i in range(3):
         make_scene_folder(root, f"scene_{i}", seed=i, prompt=f"room {i}", width=48, height=32)
     make_scene_folder(root, "scene_bad", seed=9, prompt=None)
-    with torch.inference_mode():  # as ComfyUI runs nodes
-        out = Dataset.execute(str(root), TinyVAE(0), TinyCLIP(), 32, False, "")
+    before = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(inputs))
+    try:
+        with torch.inference_mode():  # as ComfyUI runs nodes
+            out = Dataset.execute("scenes", TinyVAE(0), TinyCLIP(), 32, False, "")
+    finally:
+        folder_paths.set_input_directory(before)
     return out.result[0], out.result[1]
 
 
