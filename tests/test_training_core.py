@@ -407,3 +407,18 @@ def test_run_files_find_this_runs_outputs_and_remove_only_its_own_temporaries(tm
             raise RuntimeError("killed")
     (tmp_path / stale).write_bytes(b"half")  # as a rank killed mid-write leaves it
     assert [os.path.basename(p) for p in files.remove_stale_temporaries()] == [stale]
+
+
+def test_an_interrupt_in_the_last_steps_validation_still_ends_with_the_final_checkpoint(tmp_path):
+    model, adapters, config = setup(steps=2, save_every=0, validate_every=2)
+
+    def validate(step):
+        raise Cancel()
+    trainer = Trainer(model, adapters, MemoryScenes(4), config, output_dir=str(tmp_path), name="run", validate=validate)
+    with pytest.raises(Cancel):
+        trainer.run(interrupts=(Cancel,))
+    assert sorted(os.listdir(tmp_path)) == ["run.state.pt"]  # validation of step 2 came before its final save
+    model, adapters, config = setup(steps=2, save_every=0, validate_every=2)
+    resumed = Trainer(model, adapters, MemoryScenes(4), config, output_dir=str(tmp_path), name="run")
+    resumed.load_state_dict(read_training_state(str(tmp_path / "run.state.pt")))
+    assert resumed.run() == [] and load_checkpoint(str(tmp_path / "run.safetensors")).metadata["step"] == "2"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
@@ -203,6 +204,9 @@ class Trainer:
             path = self.save_state() if self.saved_state_step != self.step else self.state_path()
             self.interrupted = Interrupted(self.step, path if self.is_main else None, where)
             raise
+        final = self.checkpoint_path(final=True)
+        if self.step == cfg.steps and self.is_main and final is not None and not os.path.exists(final):
+            self.save_checkpoint(final=True)  # the last step was interrupted before its final save
         return history
 
     def _log(self, metrics: StepMetrics, force: bool = False) -> None:
