@@ -27,6 +27,9 @@ def untested_version_message(version: str) -> str | None:
     if parsed is None:
         return (f"LumiX: could not read this ComfyUI's version ({version!r}); LumiX is tested on ComfyUI {tested}. "
                 "It should work; if a LumiX node fails, report it with your ComfyUI version.")
+    if parsed in {parse_version(v) for v in TESTED_COMFYUI}:  # "v0.8.0", "0.8.0-rc1", a local build
+        return (f"LumiX: ComfyUI {version} is a build of a tested version ({tested}); if a LumiX node fails, "
+                "report it with your ComfyUI version.")
     newest, oldest = parse_version(TESTED_COMFYUI[-1]), parse_version(TESTED_COMFYUI[0])
     if parsed < oldest:
         return (f"LumiX: ComfyUI {version} is older than the versions LumiX is tested on ({tested}); "

@@ -24,6 +24,7 @@ from ..lumix_core.given_maps import check_tool_map
 from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
 from ..lumix_core.metrics import geometric_residual
 from . import categories
+from .dataset_folders import MAX_CHOICES, MAX_DEPTH, looks_like_dataset
 
 _LOG = logging.getLogger("LumiX")
 NO_FILE = "(none)"
@@ -34,14 +35,23 @@ CHECK_SIDE = 128  # the agreement check runs on a copy at most this large (it is
 
 
 def input_pass_files() -> list[str]:
-    """Files under ComfyUI's input folder that can hold a render pass (relative, '/'-separated)."""
+    """Files under ComfyUI's input folder that can hold a render pass (relative, '/'-separated). Listed on
+    every menu refresh, so bounded like the dataset list: hidden entries and links skipped, training
+    dataset folders not entered, at most MAX_DEPTH levels and MAX_CHOICES files."""
     root = folder_paths.get_input_directory()
     found = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if os.path.splitext(name)[1].lower() in rp.FILE_EXTENSIONS:
-                found.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
+        depth = os.path.relpath(folder, root).count(os.sep) + (folder != root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and depth < MAX_DEPTH
+                         and not os.path.islink(os.path.join(folder, d))
+                         and not looks_like_dataset(os.path.join(folder, d)))
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if (not name.startswith(".") and os.path.splitext(name)[1].lower() in rp.FILE_EXTENSIONS
+                    and not os.path.islink(path)):
+                found.append(os.path.relpath(path, root).replace(os.sep, "/"))
+                if len(found) >= MAX_CHOICES:
+                    return sorted(found)
     return sorted(found)
 
 

@@ -135,7 +135,13 @@ class LumiXTrainingDataset(io.ComfyNode):
             root = resolve_dataset(folder).path
         except FolderError as exc:
             return str(exc)  # execute reports it
-        stamp = [(p, os.path.getmtime(os.path.join(p, f))) for p, _, fs in os.walk(root)
+        def mtime(path):  # lstat: a link is not followed (out of the dataset, or broken)
+            try:
+                return os.lstat(path).st_mtime
+            except OSError:
+                return None
+
+        stamp = [(p, mtime(os.path.join(p, f))) for p, _, fs in os.walk(root)
                  if DEFAULT_CACHE not in p for f in sorted(fs)]
         return hashlib.sha256(repr(stamp).encode()).hexdigest()
 
@@ -356,12 +362,15 @@ class LumiXTrainer(io.ComfyNode):
             except (interrupt, TrainingStopped):
                 # the trainer saved the last finished step's state; say so, then let ComfyUI see the Cancel
                 log.plot()
-                log.close()
                 warn_user(node_id, _cancel_message(name, trainer.interrupted, trainer.step, config.steps))
                 comfy.model_management.throw_exception_if_processing_interrupted()  # (TrainingStopped)
                 raise
+            except (FloatingPointError, OSError) as exc:  # diverged, or a file that could not be written
+                raise ValueError(f"LumiX Trainer: {exc}. Checkpoints already written are intact; queue again "
+                                 "with resume on to continue from the last saved state.") from None
+            finally:
+                log.close()  # also on errors: a long-lived server must not keep the log's files open
             plot = log.plot()
-            log.close()
             trained = apply_lumix(model, adapters=adapters.frozen_copy(), query_broadcast=True,
                                   maps_per_scene=adapters.num_maps, strength=1.0, checkpoint_name=f"{name}.safetensors")
         last = log.records[-1] if log.records else {}

@@ -226,6 +226,12 @@ def main(argv=None) -> int:
         # a diverged run (the last checkpoint is intact)
         print(f"lumix_train: rank {ctx.rank}: {error}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
+    except OSError as error:  # a folder that cannot be written, a full disk: the files written before are intact
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"lumix_train: rank {ctx.rank}: cannot read or write a file{where}: {error.strerror or error}. "
+              "Free space or fix the folder's permissions, then rerun with --resume to continue from the last "
+              "saved state.", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
     finally:
         D.shutdown(ctx)
 

@@ -70,6 +70,7 @@ def test_untested_comfyui_versions_get_one_clear_line_and_tested_ones_none():
     older = hv.untested_version_message("0.3.10")
     assert "older than" in older and "update ComfyUI to 0.3.64" in older
     assert "could not read" in hv.untested_version_message("")
+    assert "a build of a tested version" in hv.untested_version_message("0.8.0-rc1")
     assert hv.parse_version("v1.10.3-rc1") == (1, 10, 3) and hv.parse_version("abc") is None
 
 

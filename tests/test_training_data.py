@@ -233,7 +233,7 @@ def test_save_maps_16bit_twins_are_preferred_in_scene_folders(tmp_path):
     assert os.path.basename(scene.maps["albedo"]) == "albedo.png"
 
 
-def test_exr_maps_are_converted_as_save_maps_writes_them(tmp_path):
+def test_exr_maps_are_converted_metric_depth_normalised(tmp_path):
     OpenEXR = pytest.importorskip("OpenEXR")
     folder = make_scene_folder(tmp_path, "s", width=16, height=16, maps=["albedo", "irradiance", "color"])
     linear = np.linspace(0, 1, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)
@@ -252,6 +252,17 @@ def test_exr_maps_are_converted_as_save_maps_writes_them(tmp_path):
     lin = linear.astype(np.float64)
     srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
     np.testing.assert_allclose(read_map(str(tmp_path / "linear.exr"), "srgb"), srgb, atol=1e-6)
+
+
+def test_relative_depth_exr_as_save_maps_writes_it_is_kept_as_its_png(tmp_path):
+    OpenEXR = pytest.importorskip("OpenEXR")
+    relative = np.linspace(0.2, 0.7, 256, dtype=np.float32).reshape(16, 16)  # Save Maps: decode_depth of the map
+    path = str(tmp_path / "depth.exr")
+    with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, {"Y": relative}) as f:
+        f.write(path)
+    depth = read_map(path, "depth")
+    # the same values the PNG holds (not stretched to 0..1), so a scene trains alike from either file
+    np.testing.assert_allclose(depth, np.repeat(relative.astype(np.float64)[..., None], 3, axis=2), atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------- links, labels

@@ -102,7 +102,11 @@ def _read_exr(path: str, encoding: str) -> np.ndarray:
     if encoding == "srgb":
         out = linear_to_srgb(data)
     elif encoding == "depth":
-        out = encode_depth(data.mean(-1))
+        # Save Maps writes the relative depth (0..1) as its PNG holds it: kept as is, so a scene trains
+        # the same from either file. Other EXRs (metric distances) are normalised per image.
+        distance = data.mean(-1)
+        inside = bool(((distance >= 0) & (distance <= 1)).all())
+        out = distance[..., None].expand(*distance.shape, 3) if inside else encode_depth(distance)
     else:
         out = encode_normals(data)
     return out.numpy()

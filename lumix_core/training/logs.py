@@ -71,6 +71,7 @@ class TrainingLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None  # closing twice (an error path, then the caller) is harmless
 
 
 def _write_text(path: str, text: str) -> None:
