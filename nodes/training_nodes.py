@@ -28,7 +28,7 @@ from .model_nodes import LUMIX_FOLDER, checkpoint_choices, checkpoint_path
 from .patch import apply_lumix
 from .training_model import (
     compute_dtype, frozen_base, load_for_training, make_denoiser, new_adapters, prepare_base_for_autograd,
-    training_model,
+    trained_model, training_model,
 )
 
 TrainingData = io.Custom("LUMIX_TRAINING_DATA")
@@ -323,8 +323,7 @@ class LumiXTrainer(io.ComfyNode):
                 raise
             plot = log.plot()
             log.close()
-            trained = apply_lumix(model, adapters=adapters.frozen_copy(), query_broadcast=True,
-                                  maps_per_scene=adapters.num_maps, strength=1.0, checkpoint_name=f"{name}.safetensors")
+            trained = trained_model(model, adapters, f"{name}.safetensors")
         last = log.records[-1] if log.records else {}
         report = (f"LumiX Trainer: {trainer.step} steps on {dataset.summary}\n"
                   f"checkpoint: {final_path}\nlogs, step checkpoints, state: {work_dir}\n"
