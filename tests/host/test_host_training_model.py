@@ -4,6 +4,7 @@ import importlib
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from comfy_host import (DOUBLE, HIDDEN, SINGLE, TinyCLIP, TinyVAE, extension_module, folder_paths, load_extension,
                         model_inputs, run_model, tiny_flux)  # first: skips this module where there is no ComfyUI
@@ -83,6 +84,11 @@ def test_training_leaves_the_shared_base_as_it_found_it(data, lumix_dir):
     assert before["img_in.weight"][1] is False and before["img_in.bias"][1] is True and before["img_in.bias"][2]
     train(model, data, "as_found")
     assert_as_found(model, before)
+    # the reference code takes rank and alpha from its config: the file says which (README, Training)
+    with safe_open(str(lumix_dir / "as_found.safetensors"), "pt") as f:
+        metadata = f.metadata()
+        g1 = f.get_tensor("double_blocks.0.processor.kv_tt_lora.G1")
+    assert metadata["rank"] == str(RANK) == str(g1.shape[-1]) and float(metadata["alpha"]) == 1.0
 
 
 def test_a_cancelled_or_failing_run_also_leaves_the_base_as_found(data, lumix_dir):
