@@ -52,7 +52,8 @@ def main():
     args = p.parse_args()
     counts = [int(n) for n in args.servers.split(",")]
     cases = [(n, args.service, 1) for n in counts] + [(1, args.service, 2), (1, 0.0, 1)]
-    stubs = {case: [Stub(service_time=case[1], steps=4) for _ in range(case[0])] for case in cases}
+    lifetime = 3600.0  # the stubs stop by themselves after an hour (a test's default is 300 s)
+    stubs = {case: [Stub(service_time=case[1], steps=4, lifetime=lifetime) for _ in range(case[0])] for case in cases}
     walls: dict[tuple, list[float]] = {case: [] for case in cases}
     work = tempfile.mkdtemp(prefix="lumix_client_bench_")
     startup = []

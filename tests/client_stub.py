@@ -1,5 +1,7 @@
 """A stand-in ComfyUI server for the client tests (threads on 127.0.0.1): the HTTP API, a minimal
-websocket, jobs run one at a time with a fixed service time, and switches for every failure mode."""
+websocket, jobs run one at a time with a fixed service time, and switches for every failure mode,
+hostile ones included (endless, huge and trickling bodies, garbage in lumix.json). Every stub stops
+by itself after `lifetime` seconds, and every endless or trickling answer after STREAM_SECONDS."""
 from __future__ import annotations
 
 import base64
@@ -14,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 MAPS = ("albedo", "irradiance", "color", "depth", "normal")
+STREAM_SECONDS = 30.0  # the longest an endless, huge or trickling answer goes on
+FILLER = b"\x00" * (1 << 20)
 WS_MAGIC = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -48,7 +52,7 @@ def text_of(graph: dict, link) -> str | None:
 
 
 class Stub:
-    def __init__(self, service_time: float = 0.05, steps: int = 3, **faults):
+    def __init__(self, service_time: float = 0.05, steps: int = 3, lifetime: float = 300.0, **faults):
         self.service_time, self.steps = service_time, steps
         self.faults = faults  # see _fault() calls below for the names
         self.requests, self.prompts, self.uploads, self.interrupts, self.deletes = [], [], [], [], []
@@ -79,8 +83,50 @@ class Stub:
                 self.wfile.write(data)
                 self.close_connection = True
 
+            def stream(self, mode, data, ctype="application/octet-stream"):
+                """Hostile bodies: 'endless' (no length, never ends), 'huge' (announces 2 GB and streams
+                it), 'trickle' (the real body, one byte every stub.faults['trickle_every'] seconds;
+                'trickle_unsized' without a Content-Length), 'trickle_head' (the status line trickles). Each stops after STREAM_SECONDS or when
+                the client hangs up."""
+                end = time.monotonic() + STREAM_SECONDS
+                every = stub.faults.get("trickle_every", 0.2)
+                self.close_connection = True
+
+                def trickle(payload):  # one byte every `every` seconds until the stream time is up
+                    for byte in payload:
+                        if time.monotonic() > end or not stub.alive:
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(every)
+
+                try:
+                    if mode == "trickle_head":
+                        trickle(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" * 1000)
+                        return
+                    self.send_response(200)
+                    self.send_header("Content-Type", ctype)
+                    if mode == "huge":
+                        self.send_header("Content-Length", str(2 << 30))
+                    elif mode == "trickle":
+                        self.send_header("Content-Length", str(len(data)))
+                    mode = "trickle" if mode == "trickle_unsized" else mode
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    if mode == "trickle":
+                        trickle(data)
+                        return
+                    sent, limit = 0, (2 << 30) if mode == "huge" else 1 << 62
+                    while sent < limit and time.monotonic() < end and stub.alive:
+                        self.wfile.write(FILLER[: limit - sent])
+                        sent += len(FILLER)
+                except OSError:  # the client hung up: what a good client does
+                    pass
+
             def faulty(self, name, good):
                 mode = stub.faults.get(name)
+                if mode in ("endless", "huge", "trickle", "trickle_unsized", "trickle_head"):
+                    return self.stream(mode, json.dumps(good).encode(), "application/json")
                 if mode == "500":
                     return self.reply(500, b"<html>Internal Server Error</html>", "text/html")
                 if mode == "html":
@@ -112,13 +158,17 @@ class Stub:
                         pending = [[0, j["pid"]] for j in stub.queue]
                     if stub.faults.get("history") == "never" and stub.faults.get("queue_keeps"):
                         running = [[0, p] for p in stub.history]
-                    return self.reply(200, {"queue_running": running, "queue_pending": pending})
+                    return self.faulty("queue", {"queue_running": running, "queue_pending": pending})
                 if url.path == "/view":
                     q = {k: v[0] for k, v in parse_qs(url.query).items()}
                     data = stub.files.get((q.get("subfolder", ""), q.get("filename", "")))
                     if data is None:
                         return self.reply(404, b"not found", "text/plain")
                     mode = stub.faults.get("view")
+                    if stub.faults.get("view_only") not in (None, q.get("filename")):
+                        mode = None
+                    if mode in ("endless", "huge", "trickle", "trickle_unsized", "trickle_head"):
+                        return self.stream(mode, data)
                     if mode == "partial":  # the connection drops before Content-Length bytes
                         return self.reply(200, data[: len(data) // 2], "image/png", length=len(data))
                     if mode == "truncated":  # a server that writes a short body with a matching length
@@ -169,6 +219,9 @@ class Stub:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.worker = threading.Thread(target=self._run_jobs, daemon=True)
         self.worker.start()
+        self.reaper = threading.Timer(lifetime, self.close)  # never outlives a test that forgot it
+        self.reaper.daemon = True
+        self.reaper.start()
 
     def _object_info(self, class_type):
         """Loader specs with the model files this stub 'has' (faults["models"]; every file when unset),
@@ -207,11 +260,16 @@ class Stub:
                 break
         handler.close_connection = True
 
-    def send(self, client_id, message):
+    def send(self, client_id, message, opcode=0x1):
         if self.faults.get("ws") == "silent":
             return
-        data = json.dumps(message).encode()
-        head = bytes([0x81, len(data)]) if len(data) < 126 else bytes([0x81, 126]) + struct.pack(">H", len(data))
+        data = message if isinstance(message, bytes) else json.dumps(message).encode()
+        if len(data) < 126:
+            head = bytes([0x80 | opcode, len(data)])
+        elif len(data) < 65536:
+            head = bytes([0x80 | opcode, 126]) + struct.pack(">H", len(data))
+        else:
+            head = bytes([0x80 | opcode, 127]) + struct.pack(">Q", len(data))
         for sock, lock in self.sockets.get(client_id, []):
             try:
                 with lock:
@@ -274,14 +332,22 @@ class Stub:
                 if job.get("interrupted") or not self.alive:
                     self.send(client, {"type": "execution_interrupted", "data": {"prompt_id": pid}})
                     return
-            self.send(client, {"type": "progress", "data": {"value": step, "max": self.steps, "prompt_id": pid, "node": "10"}})
+            if step == 1 and self.faults.get("ws_binary"):  # a latent preview of that many bytes
+                self.send(client, b"\x00\x00\x00\x01" * (self.faults["ws_binary"] // 4), opcode=0x2)
+            if step == 1 and self.faults.get("ws_text"):  # a text message of that many bytes
+                self.send(client, json.dumps({"type": "status", "pad": "x" * self.faults["ws_text"]}).encode())
+            self.send(client, {"type": "progress", "data": {"value": self.faults.get("step_value", step),
+                                                             "max": self.steps, "prompt_id": pid, "node": "10"}})
         if self.faults.get("error"):
             data = {"prompt_id": pid, "node_type": "LumiXSampler", "exception_message": self.faults["error"]}
             with self.lock:
-                self.history[pid] = {"status": {"status_str": "error", "messages": [["execution_error", data]]}, "outputs": {}}
+                messages = self.faults.get("error_messages", [["execution_error", data]])
+                self.history[pid] = {"status": {"status_str": "error", "messages": messages}, "outputs": {}}
             self.send(client, {"type": "execution_error", "data": data})
             return
         outputs = self._save(graph)
+        if "save_output" in self.faults:  # garbage where Save Maps' output belongs
+            outputs = {key: self.faults["save_output"] for key in outputs}
         with self.lock:
             self.history[pid] = {"status": {"status_str": "success", "completed": True}, "outputs": outputs}
         self.send(client, {"type": "execution_success", "data": {"prompt_id": pid}})
@@ -307,6 +373,7 @@ class Stub:
                                   "seed": seed, "steps": sampler["steps"], "width": sampler["width"],
                                   "height": sampler["height"]},
                    "metrics": expected_metrics(seed)}
+        sidecar.update(self.faults.get("sidecar", {}))  # garbage a hostile server puts in lumix.json
         self.files[(subfolder, "lumix.json")] = json.dumps(sidecar, indent=2, sort_keys=True).encode()
         return {save_id: {"images": [{"filename": f, "subfolder": subfolder, "type": "output"} for f in files
                                      if not f.endswith("16bit.png")]}}
@@ -321,5 +388,6 @@ class Stub:
         self.server.socket.close()
 
     def close(self):
+        self.reaper.cancel()
         if self.alive:
             self.kill()

@@ -68,3 +68,19 @@ def pytest_sessionfinish(session, exitstatus):
         for line in _host_skips:
             print("  " + line)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def stubs():
+    """make(**faults) -> a running stand-in ComfyUI server (tests/client_stub.py); all closed after the test."""
+    from client_stub import Stub
+
+    made = []
+
+    def make(**kw):
+        made.append(Stub(**kw))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()

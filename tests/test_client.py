@@ -28,19 +28,6 @@ MAP_FILES = ["albedo.png", "color.png", "depth.png", "depth_16bit.png", "irradia
 FAST = ["--retries", "0", "--backoff", "0.05", "--idle-timeout", "2"]
 
 
-@pytest.fixture
-def stubs():
-    made = []
-
-    def make(**kw):
-        made.append(Stub(**kw))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
-
-
 def renumbered(graph, seed=0):
     """The same graph under other node ids (the client must not rely on ids)."""
     ids = list(graph)
@@ -238,7 +225,7 @@ def test_servers_file_and_depth_keep_several_jobs_in_flight(stubs, tmp_path, cap
                      "--out", tmp_path / "o")
     assert rc == 0, err
     assert len(a.prompts) == 2 and len(b.prompts) == 2 and a.peak == b.peak == 2, "two jobs on each server at once"
-    assert f"scenes per server: {a.address} 2, {b.address} 2" in err
+    assert f"scenes per server:\n  {a.address}: 2 done\n  {b.address}: 2 done\n" in err
 
 
 def test_polling_without_a_websocket(stubs, tmp_path, capsys):
@@ -560,10 +547,10 @@ def test_all_servers_gone_for_the_idle_timeout_ends_in_one_line(stubs, tmp_path,
 def test_a_cut_off_download_never_gets_its_final_name(tmp_path):
     png = tiny_png(b"whole", size=8)
 
-    def cut(ref, dest):
+    def cut(ref, dest, limit):
         dest.write(png[:-5])
 
-    def whole(ref, dest):
+    def whole(ref, dest, limit):
         dest.write(png)
 
     with pytest.raises(Exception, match="cut off or not a PNG"):

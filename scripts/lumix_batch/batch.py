@@ -2,7 +2,6 @@
 dead server's job handed to another, idle and overall timeouts, cancellation on the servers."""
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -10,15 +9,16 @@ import uuid
 from dataclasses import dataclass, field
 
 from . import output
-from .comfy_api import MiniWebSocket, Server, execution_error_text
+from .comfy_api import DEFAULT_MAX_FILE_MB, MiniWebSocket, Server, clean, execution_error_text
 from .errors import Cancelled, ClientError, JobFailure, Rejected, ServerFailure
 from .filters import judge
 from .manifest import Manifest
 from .progress import Progress
 
 MAX_BACKOFF = 60.0
-VANISHED_GRACE = 3.0
-QUEUE_CHECK = 5.0  # seconds of websocket silence before asking /queue whether the job still waits its turn  # seconds a finished job may be missing from both /queue and /history
+MAX_NESTING = 32  # a scene's record (metrics from lumix.json) is written with json.dumps, which recurses
+VANISHED_GRACE = 3.0  # seconds a finished job may be missing from both /queue and /history
+QUEUE_CHECK = 5.0  # seconds of websocket silence before asking /queue whether the job still waits its turn
 
 
 @dataclass
@@ -41,6 +41,10 @@ class ServerState:
     image_name: str | None = None
     models_checked: bool = False
     done: int = 0
+    filtered: int = 0
+    job_failures: int = 0  # the job ran and a node raised
+    faults: int = 0  # the server failed a scene: down, stalled, or an answer that was garbage
+    last_fault: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -56,6 +60,7 @@ class Options:
     limits: dict = field(default_factory=dict)
     photo: str | None = None
     settings: dict = field(default_factory=dict)  # recorded in every manifest record
+    max_file_bytes: int = DEFAULT_MAX_FILE_MB << 20  # per downloaded file
 
 
 class Batch:
@@ -70,6 +75,7 @@ class Batch:
         self.fatal_error: str | None = None
         self.inflight: dict[tuple, tuple[Server, str]] = {}
         self.failures: list[str] = []
+        self.counts = threading.Lock()  # the per-server counters: a server's slots finish concurrently
         self.on_done = on_done or (lambda folder: None)
 
     # ---- the main thread -------------------------------------------------------------------------
@@ -254,13 +260,8 @@ class Batch:
                 except Cancelled:
                     self._give_back(scene)
                     return
-                except ServerFailure as exc:
-                    if ws is not None:
-                        ws.close()
-                        ws = None
-                    self._mark_down(st, str(exc))
-                    self._retry(scene, st, str(exc))
                 except JobFailure as exc:
+                    self._count(st, "job_failures")
                     self.progress.server_state(st.server.name, "idle")
                     self._retry(scene, st, f"{st.server.name}: {exc}")
                 except Rejected as exc:
@@ -271,6 +272,20 @@ class Batch:
                     self._give_back(scene)
                     self._set_fatal(str(exc))
                     return
+                except OSError as exc:  # the local disk (every network error is a ServerFailure by now)
+                    self._give_back(scene)
+                    self._set_fatal(f"cannot write into {self.opts.out_dir}: {exc}")
+                    return
+                except Exception as exc:  # ServerFailure, or an answer no check foresaw: that server's fault
+                    if ws is not None:
+                        ws.close()
+                        ws = None
+                    error = str(exc) if isinstance(exc, ServerFailure) else (
+                        f"{st.server.name}: internal error on its answer ({exc.__class__.__name__}: {exc}); "
+                        "please report it")
+                    self._count(st, "faults", error)
+                    self._mark_down(st, error)
+                    self._retry(scene, st, error)
         except Exception as exc:  # a bug must still end in one line, with the manifest consistent
             self._set_fatal(f"internal error in the {st.server.name} worker: {exc.__class__.__name__}: {exc}")
         finally:
@@ -296,12 +311,18 @@ class Batch:
         status, folder, record = self._save(st, scene, entry)
         record["seconds"] = round(time.monotonic() - started, 3)
         self._finish(record)
-        st.done += 1
+        self._count(st, "done" if status == "done" else "filtered")
         self.progress.server_state(st.server.name, "idle")
         detail = f"{steps}, {record['seconds']:.1f}s" if status == "done" else "; ".join(record["filter"])
         self.progress.scene(status, scene.id, st.server.name, detail)
         if folder:
             self.on_done(folder)
+
+    def _count(self, st: ServerState, what: str, fault: str = "") -> None:
+        with self.counts:
+            setattr(st, what, getattr(st, what) + 1)
+            if fault:
+                st.last_fault = fault
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -335,7 +356,8 @@ class Batch:
                     continue
                 kind = msg.get("type")
                 if kind == "progress":
-                    steps = f"step {data.get('value')}/{data.get('max')}"
+                    value, top = data.get("value"), data.get("max")
+                    steps = f"step {value}/{top}" if isinstance(value, int) and isinstance(top, int) else "steps"
                     self.progress.server_state(st.server.name, f"{scene.id} {steps}")
                 elif kind == "execution_error":
                     raise JobFailure(execution_error_text(data))
@@ -364,40 +386,76 @@ class Batch:
 
     def _save(self, st: ServerState, scene: Scene, entry: dict):
         """Download the scene folder LumiX Save Maps wrote; filter on its metrics; commit it."""
-        images = (entry.get("outputs", {}).get(self.template.save) or {}).get("images") or []
-        subfolders = {img.get("subfolder") for img in images if isinstance(img, dict)}
+        saved = (entry.get("outputs") or {}).get(self.template.save)
+        images = saved.get("images") if isinstance(saved, dict) else None
+        images = images if isinstance(images, list) else []
+        subfolders = {img.get("subfolder") for img in images if isinstance(img, dict) and isinstance(img.get("subfolder"), str)}
         if len(subfolders) != 1:
             raise JobFailure(f"the job finished but LumiX Save Maps reported {len(subfolders)} scene folders "
                              "(expected one); check the workflow's Save Maps node")
         subfolder = subfolders.pop()
-        staged = output.staging_folder(self.opts.out_dir, scene.id)
+        staged = None
         try:
+            staged = output.staging_folder(self.opts.out_dir, scene.id)
             sidecar_ref = {"filename": output.SIDECAR, "subfolder": subfolder, "type": "output"}
-            output.fetch_file(st.server.download, sidecar_ref, staged, output.SIDECAR, st.server.name)
+            output.fetch_file(st.server.download, sidecar_ref, staged, output.SIDECAR, st.server.name,
+                              output.MAX_SIDECAR_BYTES)
             sidecar = output.scene_sidecar(staged) or {}
-            files = sidecar.get("files")
-            if not isinstance(files, list) or not files or not all(
-                    isinstance(f, str) and f and os.path.basename(f) == f and not f.startswith(".") for f in files):
-                raise ServerFailure(f"{st.server.name}: the scene's lumix.json lists no valid files")
+            files = output.check_file_list(sidecar.get("files"), st.server.name)
             for name in files:
                 self._check_stop()
                 output.fetch_file(st.server.download, {"filename": name, "subfolder": subfolder, "type": "output"},
-                                  staged, name, st.server.name)
+                                  staged, name, st.server.name,
+                                  output.MAX_SIDECAR_BYTES if name.endswith(".json") else self.opts.max_file_bytes)
             metrics = sidecar.get("metrics") if isinstance(sidecar.get("metrics"), dict) else {}
             reasons = judge(metrics, self.opts.limits)
+            generation = sidecar.get("generation") if isinstance(sidecar.get("generation"), dict) else {}
             common = dict(files=sorted(files + [output.SIDECAR]), metrics=metrics, filter=reasons,
-                          negative_prompt=(sidecar.get("generation") or {}).get("negative_prompt"))
+                          negative_prompt=generation.get("negative_prompt"))
+            if nesting(common) > MAX_NESTING:  # before the folder takes its name: an unwritable record strands it
+                raise ServerFailure(f"{st.server.name}: the scene's lumix.json nests its values over "
+                                    f"{MAX_NESTING} levels deep")
             if reasons:
                 shutil.rmtree(staged, ignore_errors=True)
                 return "filtered", None, self._record(scene, "filtered", st, **common)
             folder = output.commit(self.opts.out_dir, scene.id, staged, self.opts.overwrite)
             return "done", folder, self._record(scene, "done", st, **common)
         except OSError as exc:
-            shutil.rmtree(staged, ignore_errors=True)
+            if staged:
+                shutil.rmtree(staged, ignore_errors=True)
             raise ClientError(f"cannot write into {self.opts.out_dir}: {exc}") from None
         except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
+            if staged:
+                shutil.rmtree(staged, ignore_errors=True)
             raise
+
+    def summary(self) -> list[str]:
+        """One line per server: what it finished and what went wrong there."""
+        lines = []
+        for st in self.states:
+            parts = [f"{st.done} done"] + [f"{n} {what}" for n, what in (
+                (st.filtered, "filtered"), (st.job_failures, "failed jobs"), (st.faults, "server faults")) if n]
+            text = f"  {st.server.name}: " + ", ".join(parts)
+            if st.faults:
+                text += f" (last: {clean(st.last_fault, 160)})"
+            if st.state == "retired":
+                text += f"; not used: {clean(st.last_error, 160)}"
+            lines.append(text)
+        return lines
+
+    def worth_a_summary(self) -> bool:
+        return len(self.states) > 1 or any(st.faults or st.job_failures for st in self.states)
+
+
+def nesting(value) -> int:
+    """How deep lists and dicts nest in a JSON value (iteratively: the value may be deeper than the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def start_probe(servers: list[Server]) -> list[tuple[Server, str | None]]:

@@ -9,7 +9,7 @@ import sys
 
 from . import output
 from .batch import Batch, Options, Scene, start_probe
-from .comfy_api import Server, normalise_address
+from .comfy_api import DEFAULT_MAX_FILE_MB, Server, clean, normalise_address
 from .errors import ClientError
 from .filters import THRESHOLDS
 from .manifest import RUN_RECORD, Manifest, differences, read_run_record, write_atomic
@@ -63,8 +63,13 @@ def parse_args(argv):
     run.add_argument("--overwrite", action="store_true", help="start the output folder's run afresh, replacing its scenes")
     run.add_argument("--retries", type=int, default=3, help="extra attempts per scene (default 3)")
     run.add_argument("--backoff", type=float, default=2.0, help="first wait before retrying a failed server, doubling (s)")
-    run.add_argument("--idle-timeout", type=float, default=600.0, help="seconds without word from a server about a job (default 600)")
+    run.add_argument("--idle-timeout", type=float, default=600.0,
+                     help="seconds without word from a server about a job (default 600); each HTTP answer (a "
+                          "download too) gets min(this, 60) seconds plus one second per 64 KiB it delivers")
     run.add_argument("--timeout", type=float, help="stop the whole batch after this many seconds (resumable)")
+    run.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB, metavar="MB",
+                     help=f"refuse a downloaded file larger than this many MiB (default {DEFAULT_MAX_FILE_MB}: "
+                          "every map of a 4096x4096 scene fits)")
     args = p.parse_args(argv)
     if not args.prompt and not args.prompts and not args.photo:
         p.error("give --prompt TEXT, --prompts FILE or --photo IMAGE")
@@ -82,10 +87,12 @@ def parse_args(argv):
         value = getattr(args, name)
         if value is not None and value < low:
             p.error(f"--{name.replace('_', '-')} must be at least {low} (got {value})")
-    for name in ("backoff", "idle_timeout", "timeout"):
+    for name in ("backoff", "idle_timeout", "timeout", "max_file_mb"):
         value = getattr(args, name)
         if value is not None and not value > 0:
             p.error(f"--{name.replace('_', '-')} must be positive (got {value})")
+    if not args.max_file_mb < 1 << 40:
+        p.error(f"--max-file-mb must be a number of MiB below 2^40 (got {args.max_file_mb})")
     return args
 
 
@@ -163,7 +170,8 @@ def plan(args):
 def made_by_this_run(folder: str, sidecar: dict | None, scene: Scene, record: dict) -> bool:
     """Does a scene folder without a manifest line hold exactly this scene, whole? (A client killed
     between moving the folder into place and writing its manifest line leaves one.)"""
-    generation = (sidecar or {}).get("generation") or {}
+    generation = (sidecar or {}).get("generation")
+    generation = generation if isinstance(generation, dict) else {}
     files = (sidecar or {}).get("files")
     if (generation.get("prompt"), generation.get("seed")) != (scene.prompt, scene.seed):
         return False
@@ -184,6 +192,8 @@ def resume_state(args, record: dict, scenes: list[Scene], manifest: Manifest) ->
         manifest.records.clear()
         return list(scenes)
     records = manifest.load()
+    for note in manifest.notes:
+        print(f"lumix_client: note: {note}", file=sys.stderr)
     if old is not None:
         changed = differences({"settings": old.get("settings"), "workflow": old.get("workflow")},
                               {"settings": record["settings"], "workflow": record["workflow"]})
@@ -206,11 +216,12 @@ def resume_state(args, record: dict, scenes: list[Scene], manifest: Manifest) ->
             if old is None or not made_by_this_run(folder, sidecar, scene, record):
                 raise ClientError(f"{folder} already exists and is not a finished scene of this run; nothing is "
                                   "overwritten: use another --out, or --overwrite")
-            generation = sidecar.get("generation") or {}
+            generation = sidecar.get("generation") if isinstance(sidecar.get("generation"), dict) else {}
             files = sorted(os.listdir(folder))
+            metrics = sidecar.get("metrics") if isinstance(sidecar.get("metrics"), dict) else {}
             manifest.append({"scene": scene.id, "status": "done", "prompt": scene.prompt, "seed": scene.seed,
                              "settings": record["settings"], "server": "(adopted)", "attempts": 1, "files": files,
-                             "metrics": sidecar.get("metrics") or {}, "filter": [], "error": None,
+                             "metrics": metrics, "filter": [], "error": None,
                              "negative_prompt": generation.get("negative_prompt"), "finished_at": None})
             continue
         todo.append(scene)
@@ -244,13 +255,16 @@ def run(args) -> int:
         progress.line(f"resuming {args.out}: {len(scenes) - len(todo)} of {len(scenes)} scenes already finished")
     opts = Options(out_dir=args.out, overwrite=args.overwrite, depth=args.depth, retries=args.retries,
                    backoff=args.backoff, idle_timeout=args.idle_timeout, timeout=args.timeout,
-                   limits={n: getattr(args, n) for n in THRESHOLDS}, photo=args.photo, settings=record["settings"])
+                   limits={n: getattr(args, n) for n in THRESHOLDS}, photo=args.photo, settings=record["settings"],
+                   max_file_bytes=int(args.max_file_mb * (1 << 20)))
     batch = Batch(template, servers, todo, manifest, progress, opts, on_done=progress.result)
     try:
         batch.run()
     finally:
-        if len(servers) > 1:
-            progress.line("scenes per server: " + ", ".join(f"{st.server.name} {st.done}" for st in batch.states))
+        if batch.worth_a_summary():
+            progress.line("scenes per server:")
+            for line in batch.summary():
+                progress.line(line)
         progress.close()
         manifest.compact(order)
         try:
@@ -269,7 +283,7 @@ class SceneFailures(Exception):
 
 
 def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return clean(text, 2000)
 
 
 def main(argv=None) -> int:

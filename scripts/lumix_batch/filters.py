@@ -12,9 +12,16 @@ THRESHOLDS = {
 }
 
 
-def metric(metrics: dict, path: tuple[str, str]):
-    value = (metrics.get(path[0]) or {}).get(path[1]) if isinstance(metrics, dict) else None
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def metric(metrics: dict, path: tuple[str, str]) -> float | None:
+    """The metric as a float, None when missing or not a number (lumix.json comes from the server)."""
+    group = metrics.get(path[0]) if isinstance(metrics, dict) else None
+    value = group.get(path[1]) if isinstance(group, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
 
 
 def judge(metrics: dict, limits: dict) -> list[str]:

@@ -2,6 +2,7 @@
 into place whole; never over an existing folder unless --overwrite. Also the photo's pixel size."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,11 @@ STAGING = ".lumix_partial"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 SIDECAR = "lumix.json"
+MAX_SIDECAR_BYTES = 4 << 20  # lumix.json is a few kilobytes; it is parsed in memory
+MAX_FILES = 64  # LumiX Save Maps writes about a dozen files per scene
+MAX_NAME_BYTES = 200  # with ".part" well under the 255 bytes most file systems allow
+WINDOWS_FORBIDDEN = set('<>:"/\\|?*')  # a scene folder must copy to any file system
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 
 
 LOCK = ".lumix_lock"
@@ -72,6 +78,47 @@ def staging_folder(out_dir: str, scene_id: str) -> str:
     return path
 
 
+def name_problem(name) -> str | None:
+    """Why a file name a server sent cannot become a file here (None when it can)."""
+    if not isinstance(name, str) or not name:
+        return "not a name"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
+        return "not valid Unicode"
+    if not name.isprintable():
+        return "a control character"
+    if "/" in name or "\\" in name:
+        return "a path separator"
+    if any(c in WINDOWS_FORBIDDEN for c in name):
+        return "one of <>:\"|?*, which Windows refuses"
+    if size > MAX_NAME_BYTES:
+        return f"{size} bytes long, at most {MAX_NAME_BYTES}"
+    if name.startswith(".") or name.endswith((".", " ", ".part")):
+        return "hidden, temporary or ending in a dot or space"
+    if name.split(".")[0].upper() in WINDOWS_RESERVED:
+        return "a device name on Windows"
+    return None
+
+
+def check_file_list(files, server_name: str) -> list[str]:
+    """The scene's file names from lumix.json, each one a plain file name this file system can hold;
+    otherwise a ServerFailure that blames the server (its output is unusable, not the local disk)."""
+    if not isinstance(files, list) or not files:
+        raise ServerFailure(f"{server_name}: the scene's lumix.json lists no files")
+    if len(files) > MAX_FILES:
+        raise ServerFailure(f"{server_name}: the scene's lumix.json lists {len(files)} files (at most {MAX_FILES})")
+    for name in files:
+        problem = name_problem(name)
+        if problem:
+            shown = repr(name)[:60] + ("…" if len(repr(name)) > 60 else "")
+            raise ServerFailure(f"{server_name} sent a file name the local file system cannot hold ({problem}): "
+                                f"{''.join(c if c.isprintable() else '?' for c in shown)}")
+    if len(set(files)) != len(files) or SIDECAR in files:
+        raise ServerFailure(f"{server_name}: the scene's lumix.json lists a file twice")
+    return files
+
+
 def check_complete(path: str, data_name: str) -> None:
     """A PNG must end with its IEND chunk, a JSON file must parse: a cut-off body is a ServerFailure."""
     with open(path, "rb") as f:
@@ -84,18 +131,27 @@ def check_complete(path: str, data_name: str) -> None:
         raise ServerFailure(f"the download of {data_name} is cut off or not a PNG ({size} bytes)")
     if data_name.endswith(".json"):
         try:
+            if size > MAX_SIDECAR_BYTES:
+                raise ValueError
             with open(path, encoding="utf-8") as f:
                 json.load(f)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ServerFailure(f"the download of {data_name} is cut off or not JSON ({size} bytes)") from None
 
 
-def fetch_file(download, ref: dict, folder: str, name: str, server_name: str = "") -> str:
-    """Download into <name>.part, check, fsync, rename to <name>."""
+def fetch_file(download, ref: dict, folder: str, name: str, server_name: str = "", limit: int = 1 << 62) -> str:
+    """Download (at most `limit` bytes) into <name>.part, check, fsync, rename to <name>."""
     final = os.path.join(folder, name)
     tmp = final + ".part"
-    with open(tmp, "wb") as f:
-        download(ref, f)
+    try:
+        f = open(tmp, "wb")
+    except (OSError, ValueError) as exc:  # a name the checks let through but this file system refuses
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ):
+            raise
+        raise ServerFailure(f"{server_name} sent a file name the local file system cannot hold "
+                            f"({getattr(exc, 'strerror', None) or exc}): {name[:60]!r}") from None
+    with f:
+        download(ref, f, limit)
         f.flush()
         os.fsync(f.fileno())
     try:
@@ -127,7 +183,7 @@ def scene_sidecar(folder: str) -> dict | None:
         with open(os.path.join(folder, SIDECAR), encoding="utf-8") as f:
             data = json.load(f)
         return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

@@ -8,6 +8,11 @@ import threading
 import time
 
 
+def printable(text: str) -> str:
+    """No escape sequence or line break from a server reaches the terminal."""
+    return "".join(c if c.isprintable() else " " for c in str(text))
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -53,7 +58,7 @@ class Progress:
     def line(self, text: str) -> None:
         """A plain event line (kept above the bar on a terminal)."""
         with self.lock:
-            self._write(("\r\x1b[K" if self.tty else "") + text + "\n")
+            self._write(("\r\x1b[K" if self.tty else "") + printable(text) + "\n")
             if self.tty:
                 self._draw()
 
@@ -70,7 +75,7 @@ class Progress:
 
     def server_state(self, server: str, state: str) -> None:
         with self.lock:
-            self.servers[server] = state
+            self.servers[server] = printable(state)
 
     def scene(self, status: str, scene_id: str, server: str, detail: str = "") -> None:
         with self.lock:

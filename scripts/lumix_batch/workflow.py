@@ -220,9 +220,12 @@ def describe_rejection(status: int, body: bytes) -> str:
     missing, other = [], []
     node_errors = data.get("node_errors") if isinstance(data.get("node_errors"), dict) else {}
     for node_id, node in node_errors.items():
-        for err in (node.get("errors") or []) if isinstance(node, dict) else []:
-            info = err.get("extra_info") or {}
-            name = info.get("input_name")
+        errors = node.get("errors") if isinstance(node, dict) else None
+        for err in errors if isinstance(errors, list) else []:
+            if not isinstance(err, dict):
+                continue
+            info = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}
+            name = info.get("input_name") if isinstance(info.get("input_name"), str) else None
             if err.get("type") == "value_not_in_list" and name in MODEL_FOLDERS:
                 missing.append(f"{info.get('received_value')!r} in ComfyUI/models/{MODEL_FOLDERS[name]}/ "
                                f"({node.get('class_type')}.{name})")
