@@ -186,6 +186,13 @@ def child(o):
             opt.zero_grad(set_to_none=True)
 
     step()  # warm-up (allocator, lazy init)
+    if o.profile:  # where one step's time goes, by operator (self time)
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                        row_limit=25))
+        return
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -194,13 +201,13 @@ def child(o):
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base_mem = _kib("VmRSS") * 1024
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step()
     if cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = (torch.cuda.max_memory_allocated() if cuda else _kib("VmHWM") * 1024) - base_mem
-    print(json.dumps({"case": o.case, "seconds": seconds, "peak_bytes": peak}))
+    print(json.dumps({"case": o.case, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_bytes": peak}))
 
 
 def main():
@@ -217,11 +224,14 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--profile", metavar="CASE", help="print a torch.profiler table of one step of CASE instead")
     o = p.parse_args()
     if not o.comfyui:
         sys.exit("set COMFYUI_PATH (or --comfyui) to a ComfyUI checkout: the benchmark trains ComfyUI's FLUX")
     if o.full:
         o.double, o.single, o.size, o.text, o.dtype = 19, 38, 512, 512, "bfloat16"
+    if o.profile:
+        o.case = o.profile
     if o.case:
         return child(o)
     cases = o.cases.split(",")
@@ -247,17 +257,21 @@ def main():
     m0 = statistics.median(r["peak_bytes"] for r in results["plain"])
     lora = results.get("lora_ckpt")
     tl = statistics.median(r["seconds"] for r in lora) if lora else None
+    cl = statistics.median(r["cpu_seconds"] for r in lora) if lora else None
     ml = statistics.median(r["peak_bytes"] for r in lora) if lora else None
-    print(f"{'case':16s} {'seconds':>9s} {'time/plain':>10s} {'peak MiB':>9s} {'mem/plain':>9s}"
-          + (f" {'time/lora':>9s} {'mem/lora':>9s}" if lora else ""))
+    # CPU seconds of the process (all its threads): on a shared machine far less disturbed by other
+    # processes than wall time, which they stretch by taking the cores
+    print(f"{'case':16s} {'seconds':>9s} {'time/plain':>10s} {'cpu s':>9s} {'peak MiB':>9s} {'mem/plain':>9s}"
+          + (f" {'time/lora':>9s} {'cpu/lora':>9s} {'mem/lora':>9s}" if lora else ""))
     for case in cases:
         if not results[case]:
             print(f"{case:16s} failed")
             continue
         t = statistics.median(r["seconds"] for r in results[case])
+        c = statistics.median(r["cpu_seconds"] for r in results[case])
         m = statistics.median(r["peak_bytes"] for r in results[case])
-        print(f"{case:16s} {t:9.3f} {t / t0:10.2f} {m / 2**20:9.1f} {m / max(m0, 1):9.2f}"
-              + (f" {t / tl:9.2f} {m / max(ml, 1):9.2f}" if lora else ""))
+        print(f"{case:16s} {t:9.3f} {t / t0:10.2f} {c:9.3f} {m / 2**20:9.1f} {m / max(m0, 1):9.2f}"
+              + (f" {t / tl:9.2f} {c / cl:9.2f} {m / max(ml, 1):9.2f}" if lora else ""))
 
 
 if __name__ == "__main__":
