@@ -171,7 +171,11 @@ def _restore_base(dm) -> None:
         del copy
     for param, flag in record["flags"]:
         if param.requires_grad != flag:
-            param.requires_grad_(flag)
+            if param.is_inference():  # only inside inference mode may such a tensor ask for gradients
+                with torch.inference_mode():
+                    param.requires_grad_(flag)
+            else:
+                param.requires_grad_(flag)
 
 
 @contextlib.contextmanager
