@@ -65,14 +65,15 @@ def write_exr(path: str, channels: dict[str, np.ndarray]) -> None:
         _check_exr_written(temporary, path, shapes)
 
 
-def _check_exr_written(temporary: str, path: str, expected: dict[str, tuple]) -> None:
+def _check_exr_written(temporary: str, path: str, expected: dict[str, tuple], separate_channels: bool = False) -> None:
     """OpenEXR's writer does not report a failed write (on a full disk it leaves a short file and no
     error), so the file is read back before it takes its name; a file that does not read back whole
-    is an OSError like any other failed write."""
+    is an OSError like any other failed write. `separate_channels`: read every channel on its own (a
+    multilayer file), not grouped into RGB."""
     import OpenEXR
 
     try:
-        with OpenEXR.File(temporary) as written:
+        with OpenEXR.File(temporary, separate_channels=separate_channels) as written:
             shapes = {name: channel.pixels.shape for name, channel in written.channels().items()}
     except Exception as exc:  # the reader raises RuntimeError or ValueError for a short file
         raise OSError(errno.EIO, f"the EXR writer left an unreadable {os.path.basename(path)} ({exc}); the disk "

@@ -10,6 +10,7 @@ from .model_nodes import LumiXQueryBroadcast, LumiXTensorLoRALoader, register_mo
 from .map_tool_nodes import LumiXConsistency, LumiXDepthColormap, LumiXNormalFlip, LumiXRelight, LumiXSaveMaps
 from .composable_nodes import LumiXEmptyLatent, LumiXHoldMaps, LumiXNoise, LumiXReferenceSigmas, LumiXSplitMaps
 from .sampler_node import LumiXSampler
+from .threed_nodes import LumiXDepthToMesh, LumiXRenderPassesToMaps
 from .training_nodes import LumiXTrainer, LumiXTrainingDataset
 
 
@@ -19,7 +20,8 @@ class LumiXExtension(ComfyExtension):
         return [LumiXQueryBroadcast, LumiXTensorLoRALoader, LumiXSampler, LumiXConsistency, LumiXRelight,
                 LumiXSaveMaps, LumiXDepthColormap, LumiXNormalFlip,
                 LumiXEmptyLatent, LumiXNoise, LumiXReferenceSigmas, LumiXHoldMaps, LumiXSplitMaps,
-                LumiXTrainingDataset, LumiXTrainer]
+                LumiXTrainingDataset, LumiXTrainer, LumiXRenderPassesToMaps,
+                LumiXDepthToMesh]
 
 
 async def comfy_entrypoint() -> LumiXExtension:

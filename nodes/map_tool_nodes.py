@@ -22,6 +22,7 @@ from ..lumix_core.finite_check import check_finite_settings
 from ..lumix_core.given_maps import check_tool_map
 from ..lumix_core.export import (EXR_INSTALL_HINT, check_prefix, exr_available, linear_channels, saveable_map, scene_folder,
                                  to_uint16, write_bytes, write_exr, write_png16, write_sidecar)
+from ..lumix_core.multilayer_exr import write_multilayer_exr
 from ..lumix_core.sampling import scene_seed
 from ..lumix_core.maps import DEFAULT_FOV_DEGREES, ENCODINGS
 from ..lumix_core.metrics import consistency
@@ -33,6 +34,10 @@ from .provenance import generation_info
 _LOG = logging.getLogger("LumiX")
 DEPTH_CONVENTIONS = ["far is bright (LumiX)", "near is bright"]
 NEAR_ON_TOP, NEAR_AT_BOTTOM = "at the warm/bright end", "at the cool/dark end"
+MULTILAYER_EXR = "layers.exr"
+MULTILAYER_EXR_CONVENTION = ("layers.exr: albedo/irradiance/color.R/G/B linear RGB, depth.Z relative distance, "
+                             "normal.X/Y/Z unit vector (camera space, OpenGL); float32; fov and depth range in "
+                             "its header (lumix:*)")
 # Heat-map scales: the value shown at the top of the colour map.
 PHOTOMETRIC_TOP, GEOMETRIC_TOP_DEGREES = 0.25, 45.0
 
@@ -259,7 +264,12 @@ class LumiXSaveMaps(io.ComfyNode):
                     io.String.Input("filename_prefix", default="LumiX/scene",
                                     tooltip="Folder name under output/; each scene gets <prefix>_00001, _00002, ..."),
                     io.Float.Input("fov_degrees", default=DEFAULT_FOV_DEGREES, min=10.0, max=150.0, step=1.0,
-                                   tooltip="Field of view for the geometric metric in the sidecar.")],
+                                   tooltip="Field of view for the geometric metric in the sidecar."),
+                    io.Boolean.Input("multilayer_exr", default=False, optional=True,
+                                     tooltip="Also write layers.exr: every map of the scene in one float32 EXR for "
+                                             "Blender/Nuke (albedo/irradiance/color.R/G/B linear, depth.Z, "
+                                             "normal.X/Y/Z), conventions, field of view and depth range in its "
+                                             "header. Needs the optional openexr package.")],
             outputs=[],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo, io.Hidden.unique_id],
         )
@@ -276,7 +286,7 @@ class LumiXSaveMaps(io.ComfyNode):
         return metadata
 
     @classmethod
-    def execute(cls, filename_prefix, fov_degrees, **maps) -> io.NodeOutput:
+    def execute(cls, filename_prefix, fov_degrees, multilayer_exr=False, **maps) -> io.NodeOutput:
         check_finite_settings("LumiX Save Maps", fov_degrees=fov_degrees)
         maps = {k: v for k, v in maps.items() if v is not None}
         scenes, _, _ = _given_scenes(maps)
@@ -303,6 +313,10 @@ class LumiXSaveMaps(io.ComfyNode):
                 with scene_folder(output_dir, filename_prefix) as scene:
                     files = cls._write_maps(scene.temporary, {n: image[s] for n, image in images.items()},
                                             metadata, with_exr)
+                    if multilayer_exr and with_exr:
+                        write_multilayer_exr(os.path.join(scene.temporary, MULTILAYER_EXR),
+                                             {n: image[s] for n, image in images.items()}, fov_degrees)
+                        files.append(MULTILAYER_EXR)
                     report = consistency({n: image[s] for n, image in images.items()}, fov_degrees)
                     write_sidecar(os.path.join(scene.temporary, "lumix.json"), {
                         "format": "lumix-maps", "format_version": 1, "scene_index": s, "generation": scene_info,
@@ -312,6 +326,8 @@ class LumiXSaveMaps(io.ComfyNode):
                                         "encodings": ENCODINGS,
                                         "exr": "albedo/irradiance/color linear RGB; depth Y = relative distance; "
                                                "normal RGB = unit vector (-1..1)",
+                                        **({"multilayer_exr": MULTILAYER_EXR_CONVENTION}
+                                           if multilayer_exr and with_exr else {}),
                                         "png16": "depth: grey = mean of the RGB channels; normal: RGB as the 8-bit "
                                                  "map, 16 bits",
                                         "non_finite": "NaN and -Inf written as 0, +Inf as 1"},

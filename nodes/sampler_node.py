@@ -13,11 +13,12 @@ from comfy_api.v0_0_2 import io
 
 from ..lumix_core import MAP_COUNT, MAP_NAMES, MAPS
 from ..lumix_core.finite_check import check_finite_settings
+from ..lumix_core.prompt_length import long_prompt_warning
 from ..lumix_core.schedule import REFERENCE_PHOTO_SIZE, size_for_photo
 from . import categories
 from .memory_guard import check_memory
 from .sampling_steps import (
-    HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
+    HELD_GUIDANCE, HELD_GUIDANCE_REFERENCE, HELD_GUIDANCE_TOOLTIP, RESIZE_COVER, RESIZE_STRETCH, RESIZE_TOOLTIP, RESIZES,
     SCHEDULE_REFERENCE, SCHEDULES, SceneNoise, check_given_maps, check_lumix_model, check_multiple_of_16, check_run_size,
     decode_maps, empty_latent, five_map_callback, hold_given_maps, prepare_given_map, resize_maps, sampling_sigmas, warn_user)
 
@@ -133,7 +134,7 @@ class LumiXSampler(io.ComfyNode):
         given = {name: image for name, image in zip(MAP_NAMES, (albedo, irradiance, color, depth, normal))
                  if image is not None}
         check_finite_settings("LumiX Intrinsic Sampler", cfg=cfg)
-        if given and output_size == OUTPUT_ORIGINAL and held_maps_resize != RESIZE_STRETCH:
+        if given and output_size == OUTPUT_ORIGINAL and held_maps_resize == RESIZE_COVER:
             raise ValueError("LumiX: output_size \"given map's original size\" stretches the maps back to the photo, "
                              "which only lines up with held_maps_resize 'stretch (as the reference)'; a cropped "
                              "photo cannot be restored. Set held_maps_resize to stretch or output_size to sampled size.")
@@ -141,8 +142,11 @@ class LumiXSampler(io.ComfyNode):
         width, height = sampled_size(given, width, height, held_maps_size, area_width, area_height)
         no_cfg = bool(given) and held_maps_guidance == HELD_GUIDANCE_REFERENCE  # the negative pass never runs
         check_memory(model, positive, negative, width, height, scenes, 1.0 if no_cfg else cfg)  # before allocating
-        if warning:
-            warn_user(cls.hidden.unique_id if cls.hidden else None, warning)
+        # the negative prompt only counts where it is used (true CFG runs)
+        long_prompt = long_prompt_warning(positive=positive, **({} if no_cfg or cfg == 1.0 else {"negative": negative}))
+        for text in (warning, long_prompt):
+            if text:
+                warn_user(cls.hidden.unique_id if cls.hidden else None, text)
 
         latent = empty_latent(model.get_model_object("latent_format").latent_channels, width, height, scenes)
         given_images = {name: prepare_given_map(image, width, height, held_maps_resize, name) for name, image in given.items()}

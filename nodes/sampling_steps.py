@@ -17,6 +17,7 @@ import latent_preview
 from ..lumix_core import MAP_COUNT, MAP_NAMES
 from ..lumix_core.finite_check import MODEL_ADVICE, VAE_ADVICE, check_finite_maps
 from ..lumix_core.given_maps import check_cover_crop, check_given_map
+from ..lumix_core.map_resize import centre_crop_box, geometry_safe_resize, reference_resize
 from ..lumix_core.sampling import held_map_mask, hold_maps, scene_noise, split_maps, tile_scene
 from ..lumix_core.schedule import reference_sigmas
 from .flux_model import NotFluxError, flux_diffusion_model
@@ -39,9 +40,13 @@ HELD_GUIDANCE_TOOLTIP = (
     "and the sampler's cfg say; 'as connected' uses those instead.")
 RESIZE_STRETCH = "stretch (as the reference)"
 RESIZE_COVER = "cover and centre-crop"
-RESIZES = [RESIZE_STRETCH, RESIZE_COVER]
-RESIZE_TOOLTIP = ("How a given map is fitted to the sampled size: stretched to it (bicubic; the reference "
-                  "stretches), or scaled to cover it and centre-cropped. Alpha is dropped.")
+RESIZE_GEOMETRY = "stretch, depth/normal geometry-safe"
+RESIZES = [RESIZE_STRETCH, RESIZE_COVER, RESIZE_GEOMETRY]
+RESIZE_TOOLTIP = ("How a given map is fitted to the sampled size. 'stretch (as the reference)': stretched with "
+                  "Pillow's antialiased bicubic on the 8-bit image, byte for byte the reference's resize, for "
+                  "every map. 'cover and centre-crop': the same filter after a centre crop to the sampled aspect. "
+                  "'geometry-safe': stretched, colour maps as the reference, depth with antialiased bilinear "
+                  "(no ringing at edges), normals renormalised to unit vectors. Alpha is dropped.")
 
 
 # ---- checks and warnings -------------------------------------------------------------------------
@@ -122,16 +127,20 @@ def latent_size(latent: torch.Tensor) -> tuple[int, int]:
 def prepare_given_map(image: torch.Tensor, width: int, height: int, resize: str = RESIZE_STRETCH,
                       name: str = "given") -> torch.Tensor:
     """A given map as the sampler encodes it: [n, H, W, C] in 0..1 -> [n, height, width, 3]
-    (RGB, clamped, fitted to width x height as `resize` says). The one place given maps are prepared."""
+    (RGB, clamped, fitted to width x height as `resize` says, with the reference's filter; see
+    lumix_core.map_resize). The one place given maps are prepared."""
     if resize not in RESIZES:
         raise ValueError(f"LumiX: unknown resize {resize!r}; choose one of {RESIZES}.")
-    rgb = image[..., :3]
-    if rgb.shape[1] != height or rgb.shape[2] != width:
-        crop = "disabled" if resize == RESIZE_STRETCH else "center"
-        if resize == RESIZE_COVER:
-            check_cover_crop(name, rgb, (width, height))
-        rgb = comfy.utils.common_upscale(rgb.movedim(-1, 1), width, height, "bicubic", crop).movedim(1, -1)
-    return rgb.clamp(0.0, 1.0)
+    rgb = image[..., :3].float().clamp(0.0, 1.0)
+    if rgb.shape[1] == height and rgb.shape[2] == width:
+        return rgb  # the reference's resize to the same size is a copy
+    if resize == RESIZE_GEOMETRY:
+        return geometry_safe_resize(rgb, width, height, name)
+    box = None
+    if resize == RESIZE_COVER:
+        check_cover_crop(name, rgb, (width, height))
+        box = centre_crop_box(rgb.shape[2], rgb.shape[1], width, height)
+    return reference_resize(rgb, width, height, box)
 
 
 def resize_maps(images: torch.Tensor, width: int, height: int) -> torch.Tensor:

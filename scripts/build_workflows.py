@@ -49,6 +49,8 @@ SOCKETS = {
                               ("latent_image", "LATENT")],
     "VAEDecode": [("samples", "LATENT"), ("vae", "VAE")],
     "LumiXSplitMaps": [("images", "IMAGE"), ("latent", "LATENT"), ("vae", "VAE")],
+    "LumiXRenderPassesToMaps": [("depth_image", "IMAGE"), ("normal_image", "IMAGE")],
+    "LumiXDepthToMesh": [("depth", "IMAGE"), ("normal", "IMAGE"), ("albedo", "IMAGE")],
 }
 # Where the frontend's missing-models dialog finds each file (node properties.models). The LumiX
 # checkpoint has no public direct-download address yet, so its loader carries none.
@@ -316,10 +318,52 @@ def training_then_sampling():
     ]
 
 
+RENDER_PASSES_FILE = "render_passes.exr"  # in ComfyUI/input/: Blender's multilayer EXR with Depth and Normal
+
+
+def render_passes_to_maps():
+    """Geometry from 3D software held, albedo, irradiance and color generated around it; the result saved
+    as maps (with a multilayer EXR) and as a textured mesh."""
+    maps = {name: (10, i, "IMAGE") for i, name in enumerate(MAP_NAMES)}
+    return shared_nodes() + [
+        Node(11, "LumiXRenderPassesToMaps", (COL_GUIDE, 780), (330, 470), "LumiX Render Passes to Maps",
+             widgets={"depth_file": RENDER_PASSES_FILE, "normal_file": RENDER_PASSES_FILE,
+                      "depth_encoding": "planar Z (scene units)",
+                      "depth_range": "image's nearest..farthest", "near": 0.1, "far": 100.0,
+                      "normal_space": "world (camera rotation below)",
+                      "normal_values": "auto",
+                      "camera_rot_x": 90.0, "camera_rot_y": 0.0, "camera_rot_z": 0.0, "fov_degrees": 60.0},
+             outputs=(("depth", "IMAGE"), ("normal", "IMAGE"))),
+        sampler(1.0, {"depth": (11, 0, "IMAGE"), "normal": (11, 1, "IMAGE")}),
+    ] + savers(skip=("depth", "normal")) + [
+        Node(40, "LumiXDepthToMesh", (COL_OUT, 480), (330, 420), "LumiX Depth to Mesh",
+             widgets={"fov_degrees": 60.0, "depth_scale": "fit to the normals",
+                      "near": 1.0, "far": 3.0, "discontinuity": 0.05, "max_side": 512, "filename_prefix": "LumiX/mesh"},
+             inputs={"depth": maps["depth"], "normal": maps["normal"], "albedo": maps["albedo"]},
+             outputs=(("model_file", "STRING"),)),
+        Node(48, "LumiXSaveMaps", (COL_OUT + 370, 480), (600, 560), "LumiX Save Maps",
+             widgets={"filename_prefix": "LumiX/from3d", "fov_degrees": 60.0, "multilayer_exr": True},
+             inputs=dict(maps)),
+        note(30, MODEL_NOTE_POS, MODEL_NOTE, MODEL_NOTE_SIZE),
+        note(31, NOTE_POS,
+             f"From 3D software: render depth and normals of your (untextured) scene, e.g. Blender's Z and Normal "
+             f"passes in one multilayer EXR, put it into ComfyUI/input/ ({RENDER_PASSES_FILE} here) and set "
+             "'LumiX Render Passes to Maps' to your camera: horizontal field of view, and its rotation for world-space "
+             "normals (Blender's Normal pass), and depth_encoding: EEVEE's Z pass is planar Z, Cycles' the distance to "
+             "the camera. Its readout says whether depth and normals agree. The sampler holds "
+             "them clean (timestep 0, guidance 1.0, no CFG, as the reference decomposes) and generates albedo, "
+             "irradiance and color consistent with your geometry; describe the scene in the prompt.\n\n"
+             "Out: the maps and output/LumiX/from3d_NNNNN/layers.exr (one multilayer EXR for Blender/Nuke), and a "
+             "textured mesh output/LumiX/mesh_NNNNN.glb: connect core 'Preview 3D' to model_file to look at it.\n\n"
+             + T5_NOTE, NOTE_SIZE),
+    ]
+
+
 WORKFLOWS = {"lumix_text_to_intrinsic": text_to_intrinsic, "lumix_photo_decomposition": photo_decomposition,
              "lumix_text_to_intrinsic_tools": text_to_intrinsic_with_tools,
              "lumix_composable_sampler_custom_advanced": composable_sampler_custom_advanced,
-             "lumix_train_then_sample": training_then_sampling}
+             "lumix_train_then_sample": training_then_sampling,
+             "lumix_from_3d_render_passes": render_passes_to_maps}
 
 
 def to_api(nodes):
@@ -400,7 +444,9 @@ THUMB_CAPTIONS = {
     "lumix_text_to_intrinsic_tools": "five maps -> metrics, relight, export",
     "lumix_composable_sampler_custom_advanced": "SamplerCustomAdvanced route",
     "lumix_train_then_sample": "train a Tensor LoRA, then sample",
+    "lumix_from_3d_render_passes": "3D depth + normal -> maps, mesh",
 }
+GIVEN_IN_THUMBNAIL = {"lumix_photo_decomposition": ("color",), "lumix_from_3d_render_passes": ("depth", "normal")}
 
 
 def drawn_scene(size=TILE):
@@ -430,7 +476,7 @@ def thumbnail(name):
     for k, (map_name, tile) in enumerate(zip(MAP_NAMES, drawn_scene())):
         x, y = 8 + (k % 3) * (TILE + 8), 8 + (k // 3) * (TILE + 26)
         canvas.paste(Image.fromarray(tile), (x, y))
-        given = name == "lumix_photo_decomposition" and map_name == "color"
+        given = map_name in GIVEN_IN_THUMBNAIL.get(name, ())
         draw.text((x + 2, y + TILE + 4), map_name + (" (given)" if given else ""), fill=(230, 230, 230))
     draw.text((2 * (TILE + 8) + 16, 8 + TILE + 26 + 40), "LumiX", fill=(255, 200, 120))
     draw.text((2 * (TILE + 8) + 16, 8 + TILE + 26 + 60), THUMB_CAPTIONS[name], fill=(230, 230, 230))

@@ -17,6 +17,13 @@ posterior sampling) and the same seed. Then:
   with only the three model loaders replaced by stand-ins handing over the same model, text
   encoders and VAE (and the checkpoint, photo and photo area budget named).
 
+Photo cases (photo_cases): a photo at the sampled size, and photos the workflow has to resize, as every
+real photo (4:3 shrunk 2x, 2.625x as a phone photo to 1536x1152, 3x; enlarged 1.5x as Hypersim's
+1024x768; a 2:3 photo sized from itself and one stretched to 'width x height'; a depth map held
+instead of color). The image is written as an 8-bit PNG; the workflow loads it with Load Image, the
+reference gets it opened with Pillow as its dataset reader opens files, and resizes it itself
+(`img.resize((width, height))`) to the size the workflow sampled at.
+
 Float32: the reference's eval modules cast to bf16 in their code (noise, model inputs, timesteps).
 This script runs them with their module-level `torch` name bound to a proxy on which `torch.bfloat16`
 is `torch.float32`; nothing else of the reference is changed (the model is built in float32 here and
@@ -261,13 +268,15 @@ def reference_text_run(ref, model, seed, prompt):
     return vae.decoded[-1], recorder.calls, schedule[-1]
 
 
-def reference_photo_run(ref, model, seed, prompt, photo, width, height, steps):
+def reference_photo_run(ref, model, seed, prompt, photo, width, height, steps, given="color"):
+    """The reference's decomposition loop with `photo` (a PIL image, as its dataset reader opens files)
+    as the given map `given` (its checkpoint name); it resizes the photo to width x height itself."""
     cfg, module = ref.config["cond"], ref.eval["cond"]
     vae, recorder, schedule = ReferenceVAE(LinearPatchVAE()), ModelRecorder(model), recorded_schedule(module)
     module.generate_conditional_multimodal_images(
         model=model, vae=vae, t5=ReferenceEmbedder(True), clip=ReferenceEmbedder(False), device="cpu", prompt=prompt,
-        condition_images=[photo], condition_modalities=["color"],
-        target_modalities=[m for m in MAP_NAMES_REF if m != "color"], all_modalities=MAP_NAMES_REF,
+        condition_images=[photo], condition_modalities=[given],
+        target_modalities=[m for m in MAP_NAMES_REF if m != given], all_modalities=MAP_NAMES_REF,
         width=width, height=height, num_steps=steps, guidance=cfg["guidance"], seed=seed, true_gs=cfg["true_gs"],
         neg_prompt=cfg["neg_prompt"])
     return vae.decoded[-1], recorder.calls, schedule[-1]
@@ -394,9 +403,15 @@ def pad_t5(prompt, min_length):
             node["inputs"]["clip"] = ["parity_t5", 0]
 
 
-def run_workflow(comfy_nodes, path, replace, edits, t5_min_length=None):
+def run_workflow(comfy_nodes, path, replace, edits, t5_min_length=None, given_input=None):
+    """Runs an API workflow with the loaders replaced and `edits` applied; given_input: move the sampler's
+    color link (the Load Image photo) to this map input instead."""
     import execution
     prompt = json.loads(path.read_text())
+    if given_input:
+        for node in prompt.values():
+            if node["class_type"] == "LumiXSampler" and "color" in node["inputs"]:
+                node["inputs"][given_input] = node["inputs"].pop("color")
     if t5_min_length:
         pad_t5(prompt, t5_min_length)
     for node in prompt.values():
@@ -435,6 +450,65 @@ def prompt_texts(prompt):
         if {"positive", "negative"} <= set(node["inputs"]):
             return text_of(node["inputs"]["positive"]), text_of(node["inputs"]["negative"])
     fail("no node with positive and negative inputs in the workflow")
+
+
+def extension_module(suffix):
+    """This extension's module `suffix` as ComfyUI loaded it (under its own package name)."""
+    for name, module in list(sys.modules.items()):
+        if name.endswith("." + suffix) and getattr(module, "__file__", "") and \
+                Path(module.__file__).resolve().is_relative_to(REPO):
+            return module
+    fail(f"the extension's {suffix} was not loaded")
+
+
+def extension_constant(suffix, name):
+    return getattr(extension_module(suffix), name)
+
+
+def size_for_photo(*args):
+    return extension_module("lumix_core.schedule").size_for_photo(*args)
+
+
+# ---- test photos ---------------------------------------------------------------------------------------
+
+def make_photo(width, height, seed, depth=False):
+    """An 8-bit RGB test image with what a resize filter acts on: smooth shading, texture, sharp edges.
+    depth=True: a grey depth-like map (a ramp with flat objects in front, sharp steps at their edges)."""
+    g = torch.Generator().manual_seed(seed)
+    channels = 1 if depth else 3
+
+    def layer(cells_x, cells_y):
+        grid = torch.rand(1, channels, cells_y, cells_x, generator=g)
+        return torch.nn.functional.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[0]
+
+    if depth:
+        image = 0.6 * torch.linspace(0.2, 1.0, height)[:, None].expand(height, width)[None] + 0.1 * layer(3, 3)
+    else:
+        image = 0.5 * layer(4, 3) + 0.3 * layer(max(2, width // 8), max(2, height // 8)) \
+            + 0.15 * torch.rand(channels, height, width, generator=g)
+    for _ in range(4):  # flat rectangles with sharp edges
+        x0, y0 = int(torch.randint(0, width * 3 // 4, (1,), generator=g)), int(torch.randint(0, height * 3 // 4, (1,), generator=g))
+        x1, y1 = x0 + max(2, width // 5), y0 + max(2, height // 5)
+        image[:, y0:y1, x0:x1] = torch.rand(channels, 1, 1, generator=g) * (0.3 if depth else 1.0)
+    pixels = (image.clamp(0, 1).expand(3, height, width).permute(1, 2, 0) * 255).round().byte()
+    from PIL import Image
+    return Image.fromarray(pixels.numpy())
+
+
+def photo_cases(photo_size, area):
+    """name -> (photo size, given map, sampler edits, sampled size or None for 'from the photo').
+    The resize cases sample within `area` (the sampler's area budget) to stay fast on a CPU."""
+    w, h = area
+    return {
+        "same size": ((photo_size), "color", {"area_width": photo_size[0], "area_height": photo_size[1]}, None),
+        "4:3 downscaled 2x": ((2 * w, 2 * h), "color", {}, None),
+        "4:3 downscaled 2.625x (a phone photo to 1536x1152)": ((w * 21 // 8, h * 21 // 8), "color", {}, None),
+        "4:3 downscaled 3x": ((3 * w, 3 * h), "color", {}, None),
+        "4:3 upscaled 1.5x (Hypersim 1024x768 to 1536x1152)": ((w * 2 // 3, h * 2 // 3), "color", {}, None),
+        "2:3 photo": ((2 * h, 3 * h), "color", {}, None),
+        "2:3 photo, held_maps_size 'width x height'": ((2 * h, 3 * h), "color", {"width": w, "height": h}, (w, h)),
+        "depth held, downscaled 2x": ((2 * w, 2 * h), "depth", {}, None),
+    }
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -524,9 +598,14 @@ def main(argv=None):
                         help="text-to-maps API workflow(s) in --workflows (e.g. also "
                              "lumix_composable_sampler_custom_advanced_api.json lumix_text_to_intrinsic_tools_api.json)")
     parser.add_argument("--photo-workflow", default="lumix_photo_decomposition_api.json")
-    parser.add_argument("--photo-size", type=parse_size, default=(512, 384),
-                        help="size of the 4:3 test photo, given to the workflow as its area budget and to the "
-                             "reference as width x height (its config: 1536x1152; slow here). Default 512x384")
+    parser.add_argument("--photo-size", type=parse_size, default=None,
+                        help="case 'same size': a 4:3 photo of this size, given to the workflow as its area budget "
+                             "(so no resize) and to the reference as width x height. Default: --resize-area")
+    parser.add_argument("--resize-area", type=parse_size, default=(192, 144),
+                        help="the other photo cases (photos that need resizing): the sampler's area budget "
+                             "(the reference's config: 1536x1152; slow here). Default 192x144")
+    parser.add_argument("--photo-case", nargs="+", default=None, metavar="TEXT",
+                        help="run only the photo cases whose name contains one of these (e.g. 'same size' '2:3')")
     parser.add_argument("--steps", type=int, default=None,
                         help="override the step count on both sides (development only; default: as configured)")
     parser.add_argument("--seed", type=int, default=None, help="default: the workflow's seed")
@@ -599,31 +678,40 @@ def main(argv=None):
         wf = json.loads(path.read_text())
         seed = args.seed if args.seed is not None else widget(wf, "LumiXSampler", "seed", widget(wf, "LumiXNoise", "seed", 42))
         positive, _ = prompt_texts(wf)
-        width, height = args.photo_size
         steps = args.steps or ref.config["cond"]["num_steps"]
-        g = torch.Generator().manual_seed(5)  # a smooth random 4:3 photo at exactly the sampled size
-        small = torch.rand(1, 3, height // 32, width // 32, generator=g)
-        pixels = torch.nn.functional.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
-        photo = Image.fromarray((pixels[0].permute(1, 2, 0) * 255).round().byte().numpy())
-        photo.save(work / "input" / "parity_photo.png")
-        edits = {"LumiXTensorLoRALoader": {"lumix_name": "parity_lumix.safetensors"},
-                 "LoadImage": {"image": "parity_photo.png"},
-                 "LumiXSampler": {"area_width": width, "area_height": height}}
-        if args.steps:
-            edits["LumiXSampler"]["steps"] = args.steps
-        if args.seed is not None:
-            edits["LumiXSampler"]["seed"] = args.seed
-        print(f"\ndecomposition: a {width}x{height} photo (given as color), reference at {width}x{height}, {steps} steps "
-              f"(guidance and CFG as its loop hard-codes them), seed {seed}; ours: {path.name} as shipped with area "
-              f"budget {width}x{height}")
-        ref_photo = Image.open(work / "input" / "parity_photo.png").convert("RGB")
-        ref_latent, ref_calls, ref_sigmas = reference_photo_run(ref, model, seed, positive, ref_photo, width, height, steps)
-        latent64 = (float64_run(ref, "cond", reference_photo_run, model, seed, positive, ref_photo, width, height, steps)
-                    if args.float64_reference else None)
-        our_calls.clear(), our_decoded.clear()
-        run_workflow(comfy_nodes, path, replace, edits, args.insert_t5_min_length)
-        all_ok &= report(f"photo decomposition ({path.name})", ref_latent, ref_calls, ref_sigmas, our_decoded[0],
-                         list(our_calls), args.tolerance, latent64)
+        size_explicit = extension_constant("nodes.sampler_node", "SIZE_EXPLICIT")
+        cases = photo_cases(args.photo_size or args.resize_area, args.resize_area)
+        for index, (case, (photo_size, given, sampler_edits, explicit)) in enumerate(cases.items()):
+            if args.photo_case and not any(c.lower() in case.lower() for c in args.photo_case):
+                continue
+            sampler = {"area_width": args.resize_area[0], "area_height": args.resize_area[1], **sampler_edits}
+            if explicit:
+                sampler["held_maps_size"] = size_explicit
+            width, height = explicit or size_for_photo(*photo_size, sampler["area_width"], sampler["area_height"])
+            name = f"parity_photo_{index}.png"
+            make_photo(*photo_size, seed=5 + index, depth=given == "depth").save(work / "input" / name)
+            edits = {"LumiXTensorLoRALoader": {"lumix_name": "parity_lumix.safetensors"},
+                     "LoadImage": {"image": name}, "LumiXSampler": sampler}
+            if args.steps:
+                edits["LumiXSampler"]["steps"] = args.steps
+            if args.seed is not None:
+                edits["LumiXSampler"]["seed"] = args.seed
+            ours_given = {"color": "color", "depth": "depth"}[given]
+            print(f"\ndecomposition, {case}: a {photo_size[0]}x{photo_size[1]} {given} image given; reference at "
+                  f"{width}x{height} (it resizes the image itself), {steps} steps (guidance and CFG as its loop "
+                  f"hard-codes them), seed {seed}; ours: {path.name} as shipped, sampler set to "
+                  f"{json.dumps(sampler)}, the image on its {ours_given} input")
+            # the reference opens its files as 8-bit RGB (image_datasets/dataset_v2_inference.py)
+            ref_photo = Image.open(work / "input" / name).convert("RGB")
+            ref_latent, ref_calls, ref_sigmas = reference_photo_run(ref, model, seed, positive, ref_photo, width,
+                                                                    height, steps, given)
+            latent64 = (float64_run(ref, "cond", reference_photo_run, model, seed, positive, ref_photo, width, height,
+                                    steps, given) if args.float64_reference else None)
+            our_calls.clear(), our_decoded.clear()
+            run_workflow(comfy_nodes, path, replace, edits, args.insert_t5_min_length,
+                         given_input=None if given == "color" else given)
+            all_ok &= report(f"photo decomposition, {case} ({path.name})", ref_latent, ref_calls, ref_sigmas,
+                             our_decoded[0], list(our_calls), args.tolerance, latent64)
 
     print("\nall runs within tolerance" if all_ok else "\nat least one run DIFFERS from the reference")
     return 0 if all_ok else 1

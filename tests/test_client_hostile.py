@@ -24,23 +24,42 @@ CLIENT = Path(__file__).resolve().parents[1] / "scripts" / "lumix_client.py"
 RUN_FILES = [".lumix_lock", "lumix_run.json", "manifest.jsonl"]
 
 
+# Runs the client as __main__ and, at exit, writes the peak resident memory of its own address space
+# (VmHWM). Not ru_maxrss: Linux carries a child's pre-exec size into that, so a client started from a
+# pytest process holding torch would report gigabytes it never used.
+_MEASURED_LAUNCH = """
+import atexit, os, runpy, sys
+def _report():
+    with open('/proc/self/status') as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith('VmHWM:'))
+    with open(os.environ['LUMIX_TEST_PEAK_FILE'], 'w') as out:
+        out.write(str(kib))
+atexit.register(_report)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
 def run_measured(*args, timeout=60):
     """(exit status, stderr, peak resident memory in MiB, seconds) of the client as its own process."""
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryDirectory() as scratch, tempfile.TemporaryFile() as err:
+        peak_file = os.path.join(scratch, "peak_kib")
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, str(CLIENT), *map(str, args)], stdout=subprocess.DEVNULL, stderr=err)
-        killer = threading.Timer(timeout, proc.kill)
-        killer.start()
+        proc = subprocess.Popen([sys.executable, "-c", _MEASURED_LAUNCH, str(CLIENT), *map(str, args)],
+                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "LUMIX_TEST_PEAK_FILE": peak_file})
         try:
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, not the test process's
-        finally:
-            killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         seconds = time.monotonic() - start
         err.seek(0)
         text = err.read().decode()
+        assert os.path.exists(peak_file), f"the client did not exit normally (status {proc.returncode}): {text[-2000:]}"
+        with open(peak_file) as f:
+            peak_mib = int(f.read()) / 1024
     assert "Traceback" not in text, text
-    return proc.returncode, text, usage.ru_maxrss / 1024, seconds
+    return proc.returncode, text, peak_mib, seconds
 
 
 def leftovers(out):

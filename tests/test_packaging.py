@@ -16,11 +16,11 @@ def test_pyproject_has_what_comfy_node_publish_reads():
     assert all(m["location"].startswith("/") and m["model_url"].startswith("https://") for m in comfy["Models"])
 
 
-def test_requirements_add_only_pypng_and_never_torch():
+def test_requirements_add_only_pypng_pygltflib_and_never_torch():
     lines = [l.split("#")[0].strip() for l in (REPO / "requirements.txt").read_text().splitlines()]
-    assert [l for l in lines if l] == ["pypng"], "ComfyUI ships everything else this extension needs"
+    assert [l for l in lines if l] == ["pypng", "pygltflib"], "ComfyUI ships everything else this extension needs"
     data = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert data["project"]["dependencies"] == ["pypng"] and data["project"]["optional-dependencies"]["exr"] == ["openexr"]
+    assert data["project"]["dependencies"] == ["pypng", "pygltflib"] and data["project"]["optional-dependencies"]["exr"] == ["openexr"]
 
 
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():

@@ -5,7 +5,7 @@ from comfy_host import load_extension  # first: skips this module where there is
 import nodes as comfy_nodes  # noqa: E402
 
 NODES = load_extension()
-SUBMENUS = {"LumiX/model", "LumiX/sampling", "LumiX/tools", "LumiX/training"}
+SUBMENUS = {"LumiX/model", "LumiX/sampling", "LumiX/tools", "LumiX/training", "LumiX/3D"}
 LUMIX = sorted(key for key, cls in NODES.items()
                if key.startswith("LumiX") and not key.startswith("LumiXTest"))
 

@@ -65,6 +65,7 @@ def placeholder_models(tmp_path_factory, all_nodes):
     inputs = tmp_path_factory.mktemp("input")
     from PIL import Image
     Image.new("RGB", (32, 32), (200, 100, 50)).save(inputs / "example.png")
+    (inputs / "render_passes.exr").write_bytes(b"")  # the 3D workflow's pass file (validation checks the name)
     folder_paths.set_input_directory(str(inputs))
     return root
 
