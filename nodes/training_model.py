@@ -137,11 +137,12 @@ def prepare_base_for_autograd(model) -> int:
     count = 0
     for name, param in list(dm.named_parameters()):
         if param.is_inference():
-            fresh = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+            # the flag as found: should training not start after all, objects, values and flags are unchanged
+            fresh = torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
             if _swap_contents(param, fresh):
                 record["swapped"].append(param)
             else:  # cannot happen for ComfyUI's own weights; an equal new object is the only way left
-                comfy.utils.set_attr_param(dm, name, fresh.detach())
+                comfy.utils.set_attr_param(dm, name, fresh.detach())  # (set_attr_param freezes it)
             count += 1
     for name, buffer in list(dm.named_buffers()):
         if buffer.is_inference():

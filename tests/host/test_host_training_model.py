@@ -108,6 +108,12 @@ def test_a_cancelled_or_failing_run_also_leaves_the_base_as_found(data, lumix_di
         comfy.model_management.interrupt_current_processing(False)
     assert_as_found(model, before)
 
+    # prepared but never trained (e.g. the optimiser could not be built): only inference mode differs
+    with torch.inference_mode(False):
+        assert tm.prepare_base_for_autograd(model) == len(before)
+    not_inference = {name: (obj, flag, False, value) for name, (obj, flag, _, value) in before.items()}
+    assert_as_found(model, not_inference)
+
     def crash(*args, **kwargs):
         raise RuntimeError("simulated failure in a step")
     with tm.frozen_base(model):  # what the trainer's run is wrapped in
