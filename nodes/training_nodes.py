@@ -19,13 +19,17 @@ from ..lumix_core.training import (
     encode_dataset, read_training_state, scan_dataset,
 )
 from ..lumix_core.training.cache import tokenizer_identity
+from ..lumix_core.training.config import SETTING
+from ..lumix_core.training.files import RunFiles
 from ..lumix_core.training.logs import TrainingLog
+from ..lumix_core.training.resume import check_training_state
 from ..lumix_core.training.validation import consistency_summary
 from . import categories
 from .dataset_folders import DEFAULT_CACHE, DEFAULT_FOLDER, FolderError, dataset_choices, resolve_cache, resolve_dataset
 from .flux_model import NotFluxError, block_counts, flux_diffusion_model
 from .model_nodes import LUMIX_FOLDER, checkpoint_choices, checkpoint_path
 from .patch import apply_lumix
+from .sampling_steps import warn_user
 from .training_model import (
     compute_dtype, frozen_base, load_for_training, make_denoiser, new_adapters, prepare_base_for_autograd,
     trained_model, training_model,
@@ -187,6 +191,27 @@ def _validation(model, vae, dataset, count, size, steps):
     return validate
 
 
+def _widget(name: str) -> dict:
+    """A trainer widget's default and range: the training settings' schema (lumix_core.training.config),
+    which the command-line trainer's [train] table follows too."""
+    setting = SETTING[name]
+    return {"default": setting.default, "min": setting.low, "max": setting.high}
+
+
+def _cancel_message(name: str, interrupted, step: int, total: int) -> str:
+    """What Cancel left on disk, for the node's text and the server log."""
+    if interrupted is None or interrupted.state_path is None:
+        if step:
+            return (f"LumiX Trainer: cancelled before training went on; the saved state of {name} at step {step} of "
+                    f"{total} is unchanged (queue again with resume on to continue).")
+        return f"LumiX Trainer: cancelled before the first step of {name}; nothing was trained or saved."
+    where = {"validation": " during validation", "progress": "", "save": " while saving", "step": " mid-step",
+             "between steps": ""}.get(interrupted.where, "")
+    return (f"LumiX Trainer: cancelled{where} after step {interrupted.step} of {total}. Saved the resumable state "
+            f"{name}_training/{os.path.basename(interrupted.state_path)} at step {interrupted.step}; queue again with "
+            f"resume on (same output_name and settings) to continue from there.")
+
+
 class LumiXTrainer(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -198,38 +223,40 @@ class LumiXTrainer(io.ComfyNode):
                         "timestep (flow matching). Only the adapters learn; the FLUX weights are not changed. Writes "
                         "models/lumix/<output_name>.safetensors (loads in the LumiX Tensor LoRA Loader), step "
                         "checkpoints, a resumable state and logs in models/lumix/<output_name>_training/. Cancel "
-                        "saves a resumable state; run again with resume on to continue.",
+                        "saves a resumable state at the last finished step (the node says which); run again with "
+                        "resume on to continue.",
+            hidden=[io.Hidden.unique_id],
             inputs=[
                 io.Model.Input("model", tooltip="FLUX.1-dev (Load Diffusion Model); any dtype, fp8 included."),
                 TrainingData.Input("dataset", tooltip="From LumiX Training Dataset."),
                 io.String.Input("output_name", default="lumix_trained", tooltip="File name (no extension) in models/lumix/."),
-                io.Int.Input("steps", default=1000, min=1, max=1000000, tooltip="Optimisation steps (the paper: 10K)."),
-                io.Int.Input("rank", default=8, min=1, max=64, tooltip="Tensor LoRA rank R (the paper: 8). Ignored with init_from."),
+                io.Int.Input("steps", **_widget("steps"), tooltip="Optimisation steps (the paper: 10K)."),
+                io.Int.Input("rank", **_widget("rank"), tooltip="Tensor LoRA rank R (the paper: 8). Ignored with init_from."),
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw",
                                tooltip="prodigy is the paper's (learning rate 1.0; needs 'pip install prodigyopt')."),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=10.0, step=1e-5, round=False,
+                io.Float.Input("learning_rate", **_widget("learning_rate"), step=1e-5, round=False,
                                tooltip="AdamW: about 1e-4. Prodigy: 1.0."),
-                io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Scenes per step (the paper: 16)."),
-                io.Int.Input("grad_accumulation", default=1, min=1, max=256,
+                io.Int.Input("batch_size", **_widget("batch_size"), tooltip="Scenes per step (the paper: 16)."),
+                io.Int.Input("grad_accumulation", **_widget("grad_accumulation"),
                              tooltip="Micro-steps per step; batch_size must be a multiple of it."),
-                io.Int.Input("warmup_steps", default=0, min=0, max=100000, tooltip="Linear learning-rate warm-up."),
-                io.Float.Input("max_grad_norm", default=1.0, min=0.0, max=1000.0, step=0.1, tooltip="0 turns clipping off."),
+                io.Int.Input("warmup_steps", **_widget("warmup_steps"), tooltip="Linear learning-rate warm-up."),
+                io.Float.Input("max_grad_norm", **_widget("max_grad_norm"), step=0.1, tooltip="0 turns clipping off."),
                 io.Combo.Input("timestep_sampling", options=list(TIMESTEP_SAMPLINGS), default="logit_normal",
                                tooltip="Per-map t: logit-normal, or uniform over the shifted FLUX schedule (x-flux)."),
-                io.Float.Input("guidance", default=1.0, min=0.0, max=100.0, step=0.1, tooltip="FLUX guidance embed while training."),
-                io.Float.Input("held_map_probability", default=0.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("guidance", **_widget("guidance"), step=0.1, tooltip="FLUX guidance embed while training."),
+                io.Float.Input("held_map_probability", **_widget("held_map_probability"), step=0.01,
                                tooltip="Chance a scene holds a random subset of maps clean at t = 0 (trains decomposition)."),
-                io.Float.Input("caption_dropout", default=0.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("caption_dropout", **_widget("caption_dropout"), step=0.01,
                                tooltip="Chance a scene trains with the empty caption (for CFG)."),
                 io.Boolean.Input("gradient_checkpointing", default=True,
                                  tooltip="Recompute each block in the backward pass: much less memory, ~30% slower."),
-                io.Int.Input("seed", default=0, min=0, max=2 ** 62, tooltip="Data order, crops, noise and timesteps."),
-                io.Int.Input("save_every", default=500, min=0, max=1000000, tooltip="Checkpoint + state every N steps; 0: at the end only."),
+                io.Int.Input("seed", **_widget("seed"), tooltip="Data order, crops, noise and timesteps."),
+                io.Int.Input("save_every", **_widget("save_every"), tooltip="Checkpoint + state every N steps; 0: at the end only."),
                 io.Combo.Input("init_from", options=[NO_INIT] + checkpoint_choices(),
                                tooltip="Fine-tune an existing LumiX checkpoint instead of starting from scratch."),
                 io.Boolean.Input("resume", default=False,
                                  tooltip="Continue the run saved in models/lumix/<output_name>_training/ (after Cancel or a crash)."),
-                io.Int.Input("validate_every", default=0, min=0, max=1000000,
+                io.Int.Input("validate_every", **_widget("validate_every"),
                              tooltip="Every N steps, sample validation scenes and log map-consistency metrics (needs vae)."),
                 io.Vae.Input("vae", optional=True, tooltip="The FLUX VAE, for validation samples."),
                 io.Int.Input("validation_scenes", default=2, min=1, max=16, tooltip="The first N captions of the dataset."),
@@ -249,8 +276,8 @@ class LumiXTrainer(io.ComfyNode):
                 caption_dropout, gradient_checkpointing, seed, save_every, init_from, resume, validate_every,
                 vae=None, validation_scenes=2, validation_size=256, validation_steps=12) -> io.NodeOutput:
         name = output_name.strip()
-        if not name or os.path.basename(name) != name or name.startswith("."):
-            raise ValueError(f"LumiX Trainer: output_name {output_name!r} must be a plain file name (no folders).")
+        out_dir = _output_folder()
+        work_dir = os.path.join(out_dir, f"{name}_training")
         try:
             config = TrainConfig(rank=rank, steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
                                  optimizer=optimizer, learning_rate=learning_rate, warmup_steps=warmup_steps,
@@ -262,24 +289,31 @@ class LumiXTrainer(io.ComfyNode):
             dm = flux_diffusion_model(model)
         except (ValueError, NotFluxError) as exc:
             raise ValueError(f"LumiX Trainer: {exc}") from None
+        try:  # every name the run writes, temporaries included, before anything is loaded or trained
+            files = RunFiles(work_dir, name, os.path.join(out_dir, f"{name}.safetensors"))
+            files.check(config.steps)
+        except ValueError as exc:
+            raise ValueError(f"LumiX Trainer: output_name: {exc}.") from None
         if validate_every and vae is None:
             raise ValueError("LumiX Trainer: validate_every is on but no vae is connected; connect the FLUX VAE or set it to 0.")
-        out_dir = _output_folder()
-        work_dir = os.path.join(out_dir, f"{name}_training")
-        final_path = os.path.join(out_dir, f"{name}.safetensors")
-        state_path = os.path.join(work_dir, f"{name}.state.pt")
-        if not resume and (os.path.exists(final_path) or os.path.exists(state_path)):
-            raise ValueError(f"LumiX Trainer: {final_path if os.path.exists(final_path) else state_path} already "
-                             "exists. Choose another output_name, or turn resume on to continue that run.")
+        final_path, state_path = files.final_path, files.state
+        existing = files.existing()
+        if not resume and existing:
+            raise ValueError(f"LumiX Trainer: {existing[0]} already exists. Choose another output_name, or turn "
+                             "resume on to continue that run.")
         if resume and not os.path.exists(state_path):
             raise ValueError(f"LumiX Trainer: resume is on but there is no saved state at {state_path}; turn resume "
                              "off to start a new run.")
+        node_id = cls.hidden.unique_id if cls.hidden else None
+        stale = files.remove_stale_temporaries()  # a killed run's half-written files (ours only)
 
         with torch.inference_mode(False), torch.enable_grad():
-            state = read_training_state(state_path) if resume else None
             try:
-                if state is not None:
-                    shape = state["shape"]
+                state = read_training_state(state_path) if resume else None
+                if state is not None:  # before anything is allocated from what the file claims
+                    shape = check_training_state(state, hidden_size=dm.hidden_size, double_blocks=block_counts(dm)[0],
+                                                 single_blocks=block_counts(dm)[1], num_maps=dataset.num_maps,
+                                                 source=f"the saved state {name}.state.pt")
                     adapters = LumiXAdapters(shape["hidden_size"], *block_counts(dm), num_maps=shape["num_maps"],
                                              rank=shape["rank"], alpha=shape["alpha"], device=model.load_device)
                 elif init_from != NO_INIT:
@@ -288,38 +322,43 @@ class LumiXTrainer(io.ComfyNode):
                     adapters = LumiXAdapters.from_checkpoint(checkpoint, *block_counts(dm)).to(model.load_device)
                 else:
                     adapters = new_adapters(model, rank, 1.0, dataset.num_maps, seed)
-            except (CheckpointError, FileNotFoundError) as exc:
+            except (CheckpointError, FileNotFoundError, ValueError) as exc:
                 raise ValueError(f"LumiX Trainer: {exc}") from None
             patched = training_model(model, adapters, gradient_checkpointing)
             load_for_training(patched)
             prepare_base_for_autograd(patched)
             data = dataset.with_latent_transform(patched.model.process_latent_in)
-            log = TrainingLog(work_dir)
             validate = (_validation(patched, vae, dataset, validation_scenes, validation_size, validation_steps)
                         if validate_every else None)
             try:
                 trainer = Trainer(make_denoiser(patched), adapters, data, config, device=model.load_device,
-                                  compute_dtype=compute_dtype(patched), output_dir=work_dir, name=name, log=log,
+                                  compute_dtype=compute_dtype(patched), output_dir=work_dir, name=name,
                                   validate=validate, final_checkpoint=final_path)
                 if state is not None:
                     trainer.load_state_dict(state)
             except (ValueError, RuntimeError) as exc:
                 raise ValueError(f"LumiX Trainer: {exc}") from None
+            # the log continues from the resumed step (later records, and a torn line, are dropped)
+            log = trainer.log = TrainingLog(work_dir, keep_until=trainer.step)
             pbar = comfy.utils.ProgressBar(config.steps)
-            pbar.update_absolute(trainer.step, config.steps)
             preview_every = max(1, config.steps // 20)
 
             def on_step(metrics):
                 preview = ("PNG", log.plot(), 768) if metrics.step % preview_every == 0 else None
                 pbar.update_absolute(metrics.step, config.steps, preview)
 
+            interrupt = comfy.model_management.InterruptProcessingException
             try:
+                pbar.update_absolute(trainer.step, config.steps)  # ComfyUI's hook may raise Cancel here too
                 with frozen_base(patched):
-                    trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted)
-            except TrainingStopped:
+                    trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted,
+                                interrupts=(interrupt,))
+            except (interrupt, TrainingStopped):
+                # the trainer saved the last finished step's state; say so, then let ComfyUI see the Cancel
                 log.plot()
                 log.close()
-                comfy.model_management.throw_exception_if_processing_interrupted()
+                warn_user(node_id, _cancel_message(name, trainer.interrupted, trainer.step, config.steps))
+                comfy.model_management.throw_exception_if_processing_interrupted()  # (TrainingStopped)
                 raise
             plot = log.plot()
             log.close()
@@ -328,6 +367,8 @@ class LumiXTrainer(io.ComfyNode):
         report = (f"LumiX Trainer: {trainer.step} steps on {dataset.summary}\n"
                   f"checkpoint: {final_path}\nlogs, step checkpoints, state: {work_dir}\n"
                   f"last loss: {last.get('loss', float('nan')):.5f}")
-        if log.tensorboard_note:
-            report += f"\n{log.tensorboard_note}"
+        for note in [log.tensorboard_note, log.repair_note] + [f"removed a killed run's temporary file "
+                                                                f"{os.path.basename(p)}" for p in stale]:
+            if note:
+                report += f"\n{note}"
         return io.NodeOutput(trained, _plot_tensor(plot), report, ui=ui.PreviewText(report))

@@ -7,12 +7,14 @@ config on one process or many (torchrun, torch.distributed: DDP over the adapter
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
         scripts/lumix_train.py configs/lumix_paper.toml                    # two machines
     ... scripts/lumix_train.py CONFIG --resume            # continue from <output.dir>/<name>.state.pt
+    ... scripts/lumix_train.py CONFIG --overwrite         # start again over a finished or stopped run
     torchrun --max-restarts 3 ...                         # a failed rank restarts the job, which
                                                           # resumes from the last state by itself
 
 ComfyUI is used as a library (COMFYUI_PATH, or the ComfyUI this checkout sits in) to load FLUX, the
 text encoders and the VAE. Rank 0 alone writes checkpoints, the training state, the log and the
-validation output, and prints progress. Exit status: 0 done, 2 bad config or data, 3 a peer failed.
+validation output, and prints progress. Exit status: 0 done, 2 bad config, data or resume, or a diverged
+run, 3 a peer failed.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import lumix_comfy_models as comfy_models  # noqa: E402
 
 comfy_models.import_extension()
 from lumix_extension.lumix_core.training import distributed as D  # noqa: E402
+from lumix_extension.lumix_core.training.optim import PRODIGY_MISSING, prodigy_available  # noqa: E402
 from lumix_extension.lumix_core.training.run_config import RunConfig, RunConfigError, load_run_config  # noqa: E402
 
 # Testing aid: "RANK:STEP" makes that rank SIGKILL itself after optimiser step STEP on the first
@@ -44,7 +47,31 @@ def parse_args(argv=None):
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="STATE",
                         help="continue a run: from STATE (a .state.pt), or without a value from "
                              "<output.dir>/<name>.state.pt")
-    return parser.parse_args(argv)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run even though [output] dir already holds one of this name (its "
+                             "checkpoints and state are deleted first); without it such a run is refused")
+    args = parser.parse_args(argv)
+    if args.resume is not None and args.overwrite:
+        parser.error("--resume continues the saved run and --overwrite replaces it: give one of them")
+    return args
+
+
+def check_new_run(cfg: RunConfig, ctx: D.DistContext, overwrite: bool) -> None:
+    """A run that does not resume must not silently replace another run's checkpoints and state (the
+    node refuses the same): refused unless --overwrite, which deletes them first (rank 0)."""
+    # rank 0's view (the other machines need not see its files), so that every rank decides alike
+    existing = D.broadcast_object(ctx, cfg.files().existing() if ctx.is_main else None, "checking the output folder")
+    if not existing:
+        return
+    if not overwrite:
+        names = ", ".join(Path(p).name for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise FileExistsError(f"{cfg.output_dir} already holds a run named '{cfg.output['name']}' ({names}): "
+                              "continue it with --resume, replace it with --overwrite, or set another [output] name")
+    if ctx.is_main:
+        for path in existing:
+            os.unlink(path)
+        print(f"--overwrite: deleted the previous run's {len(existing)} checkpoint/state file(s)", flush=True)
+    D.barrier(ctx, "deleting the previous run")
 
 
 def log(ctx: D.DistContext, message: str) -> None:
@@ -161,6 +188,7 @@ def train(cfg: RunConfig, ctx: D.DistContext, resume: str | None) -> None:
     finally:
         run.close()
     log(ctx, f"done: {trainer.checkpoint_path(final=True)}")
+    run.release()  # the DDP wrapper goes before the process group does (see D.shutdown)
 
 
 def main(argv=None) -> int:
@@ -178,14 +206,24 @@ def main(argv=None) -> int:
     handle_termination(ctx)
     try:
         D.per_rank_batch(cfg.train.batch_size, ctx.world_size, cfg.train.grad_accumulation)  # before loading FLUX
+        if cfg.train.optimizer == "prodigy" and not prodigy_available():
+            raise ValueError(PRODIGY_MISSING)
+        resume = resume_path(cfg, ctx, args.resume)
+        if resume is None:
+            check_new_run(cfg, ctx, args.overwrite)
+        if ctx.is_main:  # a killed run's half-written files (this run's own names only)
+            for path in cfg.files().remove_stale_temporaries():
+                print(f"removed a killed run's temporary file {path}", flush=True)
         comfy_models.import_comfyui(ctx.device.type)
-        train(cfg, ctx, resume_path(cfg, ctx, args.resume))
+        train(cfg, ctx, resume)
         return 0
     except D.PeerFailure as error:
         print(f"lumix_train: {error}", file=sys.stderr, flush=True)
         return EXIT_PEER
-    except (D.DistributedSetupError, comfy_models.ComfyUINotFound, FileNotFoundError, ValueError) as error:
-        # ValueError covers the trainer's clear errors (data, checkpoint, resume mismatches)
+    except (D.DistributedSetupError, comfy_models.ComfyUINotFound, FileNotFoundError, FileExistsError, ValueError,
+            FloatingPointError) as error:
+        # ValueError covers the trainer's clear errors (data, checkpoint, resume mismatches); FloatingPointError
+        # a diverged run (the last checkpoint is intact)
         print(f"lumix_train: rank {ctx.rank}: {error}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     finally:
@@ -193,4 +231,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    D.exit_process(main())

@@ -18,6 +18,7 @@ from lumix_extension.lumix_core.training import LumiXAdapters, Trainer, encode_d
 from lumix_extension.lumix_core.training import distributed as D
 from lumix_extension.lumix_core.training.cache import REFERENCE_TOKENIZER, reference_text_identity
 from lumix_extension.lumix_core.training.logs import TrainingLog
+from lumix_extension.lumix_core.training.resume import check_training_state
 from lumix_extension.lumix_core.training.run_config import RunConfig
 
 
@@ -77,6 +78,11 @@ class TrainingRun:
             self.log.plot()
             self.log.close()
 
+    def release(self) -> None:
+        """Drop the DDP wrapper now: it must be destroyed before the process group (D.shutdown);
+        left to the garbage collector at exit, it sometimes aborts a finished rank."""
+        self.trainer.module = self.trainer.adapters
+
 
 def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None) -> TrainingRun:
     from lumix_extension.nodes.training_model import (
@@ -99,8 +105,11 @@ def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None) -> 
         print(f"dataset: {dataset.summary}", flush=True)
 
     patcher = comfy_models.load_flux(cfg.model["flux"], cfg.model["weight_dtype"], cfg.model["flux_config"] or None)
-    if resume_state is not None:
-        shape = resume_state["shape"]
+    if resume_state is not None:  # checked against this model before anything is allocated from it
+        double, single = _block_counts(patcher)
+        hidden = patcher.get_model_object("diffusion_model").hidden_size
+        shape = check_training_state(resume_state, hidden_size=hidden, double_blocks=double, single_blocks=single,
+                                     num_maps=dataset.num_maps, source="the training state")
         adapters = LumiXAdapters(shape["hidden_size"], *_block_counts(patcher), num_maps=shape["num_maps"],
                                  rank=shape["rank"], alpha=shape["alpha"], device=ctx.device)
     elif cfg.model["init_checkpoint"]:
@@ -112,7 +121,6 @@ def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None) -> 
     load_for_training(patched)
     prepare_base_for_autograd(patched)
     data = dataset.with_latent_transform(patched.model.process_latent_in)
-    log = TrainingLog(str(cfg.output_dir)) if ctx.is_main else None
     validate = None
     if train.validate_every and ctx.is_main:  # rank 0 samples; the others wait in the next all-reduce
         # TODO(training): _validation is private to nodes/training_nodes.py; a public name (e.g.
@@ -128,6 +136,10 @@ def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None) -> 
                       name=cfg.output["name"], log=None, validate=validate)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
+    # the log continues from the resumed step: later records (written again now) and a torn line are dropped
+    log = TrainingLog(str(cfg.output_dir), keep_until=trainer.step) if ctx.is_main else None
+    if log is not None and log.repair_note:
+        print(log.repair_note, flush=True)
     return TrainingRun(trainer, ctx, log, train.log_every, train.validate_every, train.save_every,
                        frozen_base(patched))
 

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "dist"))
 from trainer_worker import starting_adapters  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "dist" / "trainer_worker.py"
+EXIT_WORKER = Path(__file__).resolve().parent / "dist" / "exit_worker.py"
 
 
 def test_per_rank_batch_splits_the_global_batch_and_refuses_what_does_not_divide():
@@ -77,3 +78,27 @@ def test_two_gloo_processes_train_like_one_process_and_see_each_scene_once(tmp_p
     seen = [json.loads((tmp_path / "two" / f"seen_{r}.json").read_text()) for r in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == 4
     assert sorted(seen[0] + seen[1]) == list(range(8)), "every scene of the epoch once, across ranks"
+
+
+def two_rank_job(*args) -> tuple[int, str]:
+    """exit_worker.py as a 2-process gloo job under torchrun: (torchrun's exit code, output). (Started
+    without torchrun, the unfixed ending aborted far less often: 0 of 10 against 2 of 10 here.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(EXIT_WORKER),
+           *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_finished_two_process_job_exits_0_every_time():
+    """After its work, a rank sometimes aborted at exit ('terminate called without an active exception',
+    SIGABRT) while DDP outlived the process group: about 1 finished job in 50, 2-3 in 10 on this loaded
+    2-core machine (exit_worker.py 'unfixed' shows it); under --max-restarts a finished job was restarted.
+    The trainer's ending (D.shutdown, D.exit_process) must exit 0 every time."""
+    runs = int(os.environ.get("LUMIX_EXIT_RUNS", "20"))
+    failures = []
+    for run in range(runs):
+        code, output = two_rank_job()
+        if code != 0 or "rank 0 done" not in output or "rank 1 done" not in output:
+            failures.append(f"run {run}: exit {code}: {output[-600:]}")
+    assert not failures, f"{len(failures)} of {runs} finished jobs failed:\n" + "\n".join(failures[:2])

@@ -290,3 +290,135 @@ def test_a_missing_prodigyopt_gives_a_clear_message(monkeypatch):
     model, adapters, config = setup(optimizer="prodigy", learning_rate=1.0)
     with pytest.raises(RuntimeError, match="pip install prodigyopt"):
         Trainer(model, adapters, MemoryScenes(4), config)
+
+
+class Cancel(Exception):
+    """Stands in for ComfyUI's InterruptProcessingException (lumix_core never imports ComfyUI)."""
+
+
+@pytest.mark.parametrize("where", ["progress", "validation", "step"])
+def test_an_interrupt_raised_anywhere_saves_the_last_finished_step_and_goes_on(tmp_path, where):
+    model, adapters, config = setup(steps=6, save_every=0, validate_every=1)
+    calls = {"n": 0}
+
+    def denoiser(*args):
+        calls["n"] += 1
+        if where == "step" and calls["n"] == 4:  # the 4th step's forward: steps 1-3 are done
+            raise Cancel()
+        return model(*args)
+
+    def validate(step):
+        if where == "validation" and step == 3:
+            raise Cancel()
+        return {"photometric_residual": 0.1}
+
+    def on_step(metrics):
+        if where == "progress" and metrics.step == 3:
+            raise Cancel()
+
+    records = []
+    trainer = Trainer(denoiser, adapters, MemoryScenes(4), config, output_dir=str(tmp_path), name="run",
+                      log=records.append, validate=validate)
+    with pytest.raises(Cancel):
+        trainer.run(on_step=on_step, interrupts=(Cancel,))
+    assert (trainer.interrupted.step, trainer.interrupted.where) == (3, where)
+    assert trainer.interrupted.state_path == str(tmp_path / "run.state.pt")
+    state = read_training_state(str(tmp_path / "run.state.pt"))
+    assert state["step"] == 3 and all(torch.equal(state["adapters"][k], v) for k, v in adapters.state_dict().items())
+    assert [r["step"] for r in records] == [1, 2, 3]  # step 3 logged even when validation was cut short
+    assert all(p.grad is None for p in adapters.parameters())  # no half-accumulated gradient survives
+    assert sorted(os.listdir(tmp_path)) == ["run.state.pt"]  # save_every 0: the state alone
+    # an exception that is not an interrupt saves nothing new
+    model, adapters, config = setup(steps=6, save_every=0)
+    other = Trainer(lambda *a: (_ for _ in ()).throw(KeyError("bug")), adapters, MemoryScenes(4), config,
+                    output_dir=str(tmp_path / "other"), name="run")
+    with pytest.raises(KeyError):
+        other.run(interrupts=(Cancel,))
+    assert not (tmp_path / "other").exists() and other.interrupted is None
+
+
+def crafted(state, **changes):
+    out = {**state}
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        out[section] = {**out[section], field: value} if field else value
+    return out
+
+
+def test_a_state_is_checked_against_the_model_before_anything_is_allocated():
+    from lumix_core.training.resume import StateError, adapter_shapes, check_training_state
+    model, adapters, config = setup(steps=2)
+    state = Trainer(model, adapters, MemoryScenes(4), config).state_dict()
+    dims = dict(hidden_size=HIDDEN, double_blocks=DOUBLE, single_blocks=SINGLE, num_maps=5)
+    assert check_training_state(state, **dims) == {"num_maps": 5, "rank": 2, "hidden_size": HIDDEN, "alpha": 1.0}
+    assert adapter_shapes(HIDDEN, DOUBLE, SINGLE, 5, 2) == {k: tuple(v.shape) for k, v in adapters.state_dict().items()}
+    g2 = next(k for k in state["adapters"] if k.endswith("G2"))
+    cases = [
+        ({"format": "lumix-training-state", "version": 1, "shape": {"rank": 100000}}, "its 'step' entry is missing"),
+        (crafted(state, config=None), "its 'config' entry is missing"),  # was: KeyError 'config' after allocating
+        (crafted(state, shape__rank=100000, config__rank=100000), "claims rank 100000; the trainer and loader support ranks 1 to 64"),
+        (crafted(state, shape__rank=3, config__rank=3), r"G1 has shape \(5, 5, 2\), this model needs \(5, 5, 3\)"),
+        (crafted(state, shape__rank=3), "its settings say rank 2, alpha 1.0, its shape says rank 3"),
+        (crafted(state, shape__hidden_size=3072), f"for a model of width 3072, this model's is {HIDDEN}"),
+        (crafted(state, shape__num_maps=4), "mixes 4 maps per scene, the dataset has 5"),
+        (crafted(state, shape__alpha=float("inf")), "claims alpha inf"),
+        (crafted(state, config__steps=1.5), "invalid training settings .*steps must be a whole number"),
+        (crafted(state, step=10**9), "claims step 1000000000, outside 0..2"),
+        (crafted(state, adapters={k: v for k, v in state["adapters"].items() if k != g2}), f"missing {g2}"),
+        (crafted(state, adapters={**state["adapters"], g2: torch.full_like(state["adapters"][g2], float("nan"))}),
+         "holds NaN or infinite values"),
+    ]
+    huge = crafted(state)
+    huge["optimizer"] = {**state["optimizer"], "state": {0: {"exp_avg": torch.zeros(10**6)}}}
+    cases.append((huge, r"optimiser tensor exp_avg of parameter 0 has shape \(1000000,\)"))
+    for bad, message in cases:
+        with pytest.raises(StateError, match=message):
+            check_training_state(bad, **dims)
+    # the trainer checks too (a state handed to load_state_dict directly)
+    with pytest.raises(StateError, match="claims rank 100000"):
+        Trainer(model, adapters, MemoryScenes(4), config).load_state_dict(crafted(state, shape__rank=100000))
+
+
+def test_run_files_find_this_runs_outputs_and_remove_only_its_own_temporaries(tmp_path):
+    from lumix_core.training.files import RunFiles
+    files = RunFiles(str(tmp_path), "run")
+    assert files.existing() == []
+    for name in ("run.safetensors", "run_step000004.safetensors", "run_step1000000.safetensors", "runx_step000004.safetensors",
+                 "run_step4.safetensors", "other.state.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [os.path.basename(p) for p in files.existing()] == [
+        "run.safetensors", "run_step000004.safetensors", "run_step1000000.safetensors"]
+    ours = [".run.state.pt.ab_12xyz.part", ".run_step000008.safetensors.abcdefgh.part", ".log.jsonl.abcdefgh.part",
+            ".plot.png.abcdefgh.part", ".run.safetensors.00000000.part"]
+    others = [".run.state.pt.abcdefg.part", ".run.state.pt.ABCDEFGH.part", ".runs.state.pt.abcdefgh.part",
+              ".run_step8.safetensors.abcdefgh.part", "run.state.pt.abcdefgh.part", ".other.safetensors.abcdefgh.part",
+              ".run.state.pt.abcdefgh.part.keep"]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"half")
+    os.mkdir(tmp_path / ".run.state.pt.dirdirdi.part")  # a folder is never removed
+    removed = files.remove_stale_temporaries()
+    assert sorted(os.path.basename(p) for p in removed) == sorted(ours)
+    assert all((tmp_path / n).exists() for n in others) and (tmp_path / ".run.state.pt.dirdirdi.part").is_dir()
+    # the pattern is atomic_write's own: a temporary it really makes is matched
+    from lumix_core.export import atomic_path
+    with pytest.raises(RuntimeError):
+        with atomic_path(files.state) as tmp:
+            stale = os.path.basename(tmp)
+            raise RuntimeError("killed")
+    (tmp_path / stale).write_bytes(b"half")  # as a rank killed mid-write leaves it
+    assert [os.path.basename(p) for p in files.remove_stale_temporaries()] == [stale]
+
+
+def test_an_interrupt_in_the_last_steps_validation_still_ends_with_the_final_checkpoint(tmp_path):
+    model, adapters, config = setup(steps=2, save_every=0, validate_every=2)
+
+    def validate(step):
+        raise Cancel()
+    trainer = Trainer(model, adapters, MemoryScenes(4), config, output_dir=str(tmp_path), name="run", validate=validate)
+    with pytest.raises(Cancel):
+        trainer.run(interrupts=(Cancel,))
+    assert sorted(os.listdir(tmp_path)) == ["run.state.pt"]  # validation of step 2 came before its final save
+    model, adapters, config = setup(steps=2, save_every=0, validate_every=2)
+    resumed = Trainer(model, adapters, MemoryScenes(4), config, output_dir=str(tmp_path), name="run")
+    resumed.load_state_dict(read_training_state(str(tmp_path / "run.state.pt")))
+    assert resumed.run() == [] and load_checkpoint(str(tmp_path / "run.safetensors")).metadata["step"] == "2"

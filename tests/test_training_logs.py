@@ -60,3 +60,28 @@ def test_consistency_summary_prefers_aligned_maps():
     assert good["photometric_residual"] < bad["photometric_residual"]
     assert good["geometric_degrees"] < 5 and good["structural_alignment"] > bad["structural_alignment"]
     assert consistency_summary([{"color": aligned["color"]}]) == {}
+
+
+def test_resume_repairs_a_torn_last_line_and_drops_records_after_the_resumed_step(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 12)]
+    # a crash cut the last record (step 12) mid-write
+    (tmp_path / "log.jsonl").write_text("\n".join(lines) + "\n" + '{"step": 12, "lo')
+    log = TrainingLog(str(tmp_path), keep_until=8)  # the state was saved at step 8
+    assert [r["step"] for r in log.records] == list(range(1, 9))
+    assert "1 unreadable line" in log.repair_note and "3 record(s) after step 8" in log.repair_note
+    log({"step": 9, "loss": 0.5})
+    on_disk = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in on_disk] == list(range(1, 10)) and on_disk[-1]["loss"] == 0.5
+    # a new run (keep_until 0) starts an empty log; None keeps what is readable
+    assert TrainingLog(str(tmp_path), keep_until=None).records == on_disk
+    assert TrainingLog(str(tmp_path), keep_until=0).records == []
+    assert (tmp_path / "log.jsonl").read_text() == ""
+
+
+def test_an_intact_log_is_left_byte_for_byte(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    text = "".join(json.dumps({"step": s, "loss": 0.1}, sort_keys=True) + "\n" for s in (1, 2, 3))
+    (tmp_path / "log.jsonl").write_text(text)
+    log = TrainingLog(str(tmp_path), keep_until=3)
+    assert log.repair_note == "" and (tmp_path / "log.jsonl").read_text() == text

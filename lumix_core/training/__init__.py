@@ -2,7 +2,9 @@
 
 API note for the distributed (torchrun) trainer -- these names are stable:
 
-* ``TrainConfig`` (config.py): every setting; ``to_dict``/``from_dict`` for config files.
+* ``TrainConfig`` (config.py): every setting; ``to_dict``/``from_dict`` for config files. Its types
+  and ranges are ``SETTINGS`` (one ``Setting`` each), which the node's widgets and the CLI's [train]
+  table share.
 * ``LumiXAdapters`` (adapters.py): ALL trainable parameters in one nn.Module. Wrap it in DDP:
   ``ddp = DistributedDataParallel(adapters)``; its ``forward(compute, *args)`` just runs
   ``compute``, and the Trainer routes every training forward pass through it, so DDP's gradient
@@ -18,8 +20,12 @@ API note for the distributed (torchrun) trainer -- these names are stable:
   ``accumulate_gradients`` (forward+backward of all micro-steps, ``no_sync`` on all but the last
   when the module has it), ``optimizer_step`` (clip, warm-up, step), ``train_step``, ``run``;
   ``state_dict``/``load_state_dict`` (resume); ``save_checkpoint``/``save_state`` write only when
-  ``is_main``, atomically (files.py).
-* ``read_training_state(path)`` (files.py) for ``--resume``.
+  ``is_main``, atomically (files.py). ``run(interrupts=(...))``: those exceptions (ComfyUI's Cancel)
+  save the last finished step's state wherever raised, set ``trainer.interrupted``, and go on.
+* ``RunFiles`` (files.py): every file a run writes; ``check`` (names, temporaries included, and
+  folders, before the first step), ``existing``, ``remove_stale_temporaries``.
+* ``read_training_state(path)`` (files.py) for ``--resume``, then ``check_training_state`` (resume.py)
+  against the model and dataset before anything is allocated from it.
 * Data (data.py, cache.py): ``scan_dataset(root, confine=, label=)`` -> ``DatasetScan`` (both layouts, skip
   counts, maps read at full precision); ``encode_dataset(scan, encode_images, encode_text, cache_dir,
   resolution, flip, text_identity=)`` -> ``EncodedDataset`` (a SceneSource) with an on-disk safetensors
@@ -35,12 +41,14 @@ from .adapters import LumiXAdapters
 from .cache import CacheError, CachedScene, EncodedDataset, encode_dataset, latent_key, text_key
 from .config import OPTIMIZERS, TIMESTEP_SAMPLINGS, TrainConfig
 from .data import DatasetError, DatasetScan, SceneFiles, flip_scene_images, load_scene_images, scan_dataset
-from .files import atomic_write, read_training_state, write_lora_checkpoint, write_training_state
+from .config import SETTINGS, Setting
+from .files import RunFiles, atomic_write, read_training_state, write_lora_checkpoint, write_training_state
+from .resume import StateError, check_training_state
 from .objective import FlowBatch, LossResult, TrainingExample, flow_matching_loss, make_flow_batch
 from .optim import PRODIGY_MISSING, build_optimizer, prodigy_available, warmup_factor
 from .order import Assignment, DataOrder, derived_seed
 from .timesteps import sample_held_maps, sample_map_timesteps, shifted_schedule
-from .trainer import SceneSource, StepMetrics, Trainer, TrainingStopped
+from .trainer import Interrupted, SceneSource, StepMetrics, Trainer, TrainingStopped
 
 __all__ = [
     "Assignment", "CacheError", "CachedScene", "DataOrder", "DatasetError", "DatasetScan", "EncodedDataset", "SceneFiles",
@@ -48,5 +56,6 @@ __all__ = [
     "SceneSource", "StepMetrics", "TIMESTEP_SAMPLINGS", "TrainConfig", "Trainer", "TrainingExample",
     "TrainingStopped", "atomic_write", "build_optimizer", "derived_seed", "flow_matching_loss", "make_flow_batch",
     "prodigy_available", "read_training_state", "sample_held_maps", "sample_map_timesteps", "shifted_schedule",
-    "warmup_factor", "write_lora_checkpoint", "write_training_state",
+    "warmup_factor", "write_lora_checkpoint", "write_training_state", "SETTINGS", "Setting", "RunFiles", "StateError",
+    "check_training_state", "Interrupted",
 ]

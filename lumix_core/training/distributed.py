@@ -18,12 +18,13 @@ What this module adds to a single-process trainer, and nothing else:
 * `in_turns` (build a cache on rank 0 first, then on each other node's first rank, then the rest
   only read it: no two ranks write the same file, and nodes need not share a file system), `all_ranks_memory`
   (memory per rank for rank 0's console), `PeerFailure` (a collective that failed because a peer
-  died), `shutdown`.
+  died), `shutdown` and `exit_process` (a finished rank exits 0 every time: see shutdown).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import resource
 import sys
@@ -136,9 +137,30 @@ def _attempt_store(rank: int, world: int, timeout: datetime.timedelta, restarts:
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Destroy the process group (safe to call twice and for a one-process context)."""
+    """Destroy the process group (safe to call twice and for a one-process context).
+
+    A DistributedDataParallel wrapper must be gone first: one that only the garbage collector frees
+    (a reference cycle), at interpreter exit after the group is destroyed, sometimes aborts its
+    process ("terminate called without an active exception", SIGABRT) after a finished run. So
+    unreachable objects are collected here, before the group goes; callers drop their own
+    references to the wrapper first (see TrainingRun.release), and exit_process ends the process
+    without the interpreter's teardown."""
+    gc.collect()
     if ctx.backend is not None and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End this process with `code` once its output is flushed, skipping the interpreter's teardown
+    (where C++ objects of torch.distributed may be destroyed in an order that aborts the process,
+    and a finished job would be reported as failed, then restarted under --max-restarts). Call it
+    after shutdown(), with every file closed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def per_rank_batch(global_batch: int, world_size: int, accumulation: int = 1) -> int:

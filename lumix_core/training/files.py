@@ -1,18 +1,27 @@
 """Writing training outputs atomically (a temporary file in the same folder, then a rename), so a
-crash or a killed rank never leaves a half-written file under its final name."""
+crash or a killed rank never leaves a half-written file under its final name; the set of files a
+run writes (RunFiles), checked before the first step and cleaned of a killed run's temporaries."""
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+from dataclasses import dataclass
 
 import torch
 
 from ..checkpoint import save_checkpoint
 from ..export import atomic_path
-from .config import TrainConfig
+from .config import MAX_STEPS, TrainConfig
 
 STATE_FORMAT = "lumix-training-state"
 STATE_VERSION = 1
+LOG_NAME, PLOT_NAME = "log.jsonl", "plot.png"
+# export.atomic_path's temporaries: tempfile.mkstemp(prefix=".<final name>.", suffix=".part"), whose random
+# middle is 8 characters of [a-z0-9_] (tempfile._RandomNameSequence).
+_TEMP_RANDOM = r"[a-z0-9_]{8}"
+_TEMP_EXTRA = len(".") + len(".") + 8 + len(".part")  # bytes a temporary name adds to its final name
 
 
 def atomic_write(path: str, write) -> str:
@@ -24,6 +33,157 @@ def atomic_write(path: str, write) -> str:
         with open(tmp, "rb") as f:  # the bytes reach the disk before the final name does (power loss)
             os.fsync(f.fileno())
     return path
+
+
+def temporary_name(final_name: str) -> str:
+    """The longest temporary name atomic_write uses for `final_name` (the random part as 'x's)."""
+    return f".{final_name}.{'x' * 8}.part"
+
+
+def check_output_name(name) -> str:
+    """A run's output name: a plain, visible file name stem. Returns it; ValueError says what is wrong."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"the output name {name!r} is empty: give a file name such as 'my_lumix'")
+    bad = sorted({repr(c) for c in name if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ValueError(f"the output name {name!r} holds control characters ({', '.join(bad)}): newlines, NUL and "
+                         "other control characters cannot be part of a file name; use a plain name")
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(f"the output name {name!r} must be a plain file name, not a path (no '/', '\\' or '..'); "
+                         "the folder is set separately")
+    if name.startswith("."):
+        raise ValueError(f"the output name {name!r} starts with '.': its files would be hidden; drop the dot")
+    if name != name.strip():
+        raise ValueError(f"the output name {name!r} starts or ends with spaces: remove them")
+    return name
+
+
+def _existing_ancestor(folder: str) -> str:
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
+
+
+def _limit(folder: str, key: str, default: int) -> int:
+    try:
+        return int(os.pathconf(folder, key))
+    except (OSError, ValueError, AttributeError):
+        return default
+
+
+def check_folder(folder: str, what: str = "output folder") -> None:
+    """`folder` is a folder, or can become one: no part of it is an existing file."""
+    folder = os.path.abspath(folder)
+    probe = folder
+    while True:
+        if os.path.exists(probe) and not os.path.isdir(probe):
+            raise ValueError(f"the {what} {folder} cannot be created: {probe} is a file, not a folder; choose "
+                             "another folder or move that file")
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Every file one training run writes: in `folder` the step checkpoints <name>_stepNNNNNN.safetensors,
+    the resumable <name>.state.pt, log.jsonl and plot.png; the final checkpoint at `final` (by default
+    <folder>/<name>.safetensors)."""
+    folder: str
+    name: str
+    final_path: str = ""
+
+    def __post_init__(self):
+        check_output_name(self.name)
+        if not self.final_path:
+            object.__setattr__(self, "final_path", os.path.join(self.folder, f"{self.name}.safetensors"))
+
+    @property
+    def state(self) -> str:
+        return os.path.join(self.folder, f"{self.name}.state.pt")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.folder, LOG_NAME)
+
+    @property
+    def plot(self) -> str:
+        return os.path.join(self.folder, PLOT_NAME)
+
+    def step_checkpoint(self, step: int) -> str:
+        return os.path.join(self.folder, f"{self.name}_step{step:06d}.safetensors")
+
+    def paths(self, steps: int = MAX_STEPS) -> list[str]:
+        """Every path the run may write, with the longest step checkpoint name of a run of `steps`."""
+        return [self.final_path, self.state, self.log, self.plot, self.step_checkpoint(steps)]
+
+    def check(self, steps: int = MAX_STEPS) -> None:
+        """Before the first step: every folder can be created, and every name the run writes, its
+        temporary names included, fits the file system's limits (a run must not train for hours and
+        then fail at its first save)."""
+        too_long = []  # (bytes, name, limit): the longest is reported
+        for path in self.paths(steps):
+            folder, final = os.path.split(path)
+            check_folder(folder)
+            existing = _existing_ancestor(folder)
+            name_max, path_max = _limit(existing, "PC_NAME_MAX", 255), _limit(existing, "PC_PATH_MAX", 4096)
+            new_folders = [p for p in os.path.relpath(folder, existing).split(os.sep) if p != "."]
+            for part in [temporary_name(final)] + new_folders:
+                if len(os.fsencode(part)) > name_max:
+                    too_long.append((len(os.fsencode(part)), part, name_max))
+            full = os.path.join(os.path.abspath(folder), temporary_name(final))
+            if len(os.fsencode(full)) >= path_max:
+                raise ValueError(f"the path {full!r} the run writes is longer than this file system allows "
+                                 f"({path_max} bytes); choose a shorter name or folder")
+        if too_long:
+            size, part, name_max = max(too_long)
+            raise ValueError(f"the output name {self.name!r} is too long: the run writes {part!r} ({size} bytes), "
+                             f"over this file system's {name_max}-byte limit for a file name; use a name of at most "
+                             f"{self.longest_name_allowed(name_max, steps)} bytes")
+
+    def longest_name_allowed(self, name_max: int = 255, steps: int = MAX_STEPS) -> int:
+        longest_suffix = max(len(os.fsencode(os.path.basename(p))) - len(os.fsencode(self.name))
+                             for p in self.paths(steps) if os.path.basename(p).startswith(self.name))
+        return max(0, name_max - longest_suffix - _TEMP_EXTRA)
+
+    def existing(self) -> list[str]:
+        """This run's checkpoints and state already on disk (a previous run of the same name)."""
+        found = [p for p in (self.final_path, self.state) if os.path.exists(p)]
+        pattern = os.path.join(glob.escape(self.folder), glob.escape(f"{self.name}_step") + "[0-9]*.safetensors")
+        return found + sorted(p for p in glob.glob(pattern) if self._is_step_checkpoint(os.path.basename(p)))
+
+    def _is_step_checkpoint(self, file_name: str) -> bool:
+        return re.fullmatch(re.escape(f"{self.name}_step") + r"\d{6,7}\.safetensors", file_name) is not None
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Remove the temporaries a killed run of this name left (.<final name>.XXXXXXXX.part, exactly
+        atomic_write's pattern for this run's own file names, nothing else). Returns what was removed."""
+        removed = []
+        for folder, finals in self._finals_by_folder().items():
+            if not os.path.isdir(folder):
+                continue
+            alternatives = "|".join(finals)
+            pattern = re.compile(r"\.(?:" + alternatives + r")\." + _TEMP_RANDOM + r"\.part")
+            for entry in os.listdir(folder):
+                path = os.path.join(folder, entry)
+                if pattern.fullmatch(entry) and os.path.isfile(path) and not os.path.islink(path):
+                    os.unlink(path)
+                    removed.append(path)
+        return sorted(removed)
+
+    def _finals_by_folder(self) -> dict[str, list[str]]:
+        """folder -> regexes of the final file names this run writes there."""
+        out: dict[str, list[str]] = {}
+        for path in (self.final_path, self.state, self.log, self.plot):
+            folder, final = os.path.split(path)
+            out.setdefault(folder, []).append(re.escape(final))
+        out.setdefault(self.folder, []).append(re.escape(f"{self.name}_step") + r"\d{6,7}\.safetensors")
+        return out
 
 
 def write_lora_checkpoint(path: str, adapters, config: TrainConfig, step: int, extra: dict | None = None) -> str:

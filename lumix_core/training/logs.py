@@ -8,7 +8,7 @@ import os
 
 from PIL import Image, ImageDraw
 
-from .files import atomic_write
+from .files import LOG_NAME, PLOT_NAME, atomic_write
 
 TENSORBOARD_MISSING = "TensorBoard logging is off: install the 'tensorboard' package to get event files"
 
@@ -26,21 +26,30 @@ def flatten_numbers(record: dict, prefix: str = "") -> dict[str, float]:
 
 
 class TrainingLog:
-    """Appends records to `<folder>/log.jsonl`; `plot()` redraws `<folder>/plot.png`."""
+    """Appends records to `<folder>/log.jsonl`; `plot()` redraws `<folder>/plot.png`.
 
-    def __init__(self, folder: str, tensorboard: bool = True):
+    keep_until: the step the run starts from (0 for a new run, the state's step on resume). Records
+    after it are dropped (a resumed run writes them again), and so is a torn line (a crash while
+    writing); the file is then rewritten atomically. None keeps every readable record."""
+
+    def __init__(self, folder: str, tensorboard: bool = True, keep_until: int | None = None):
         os.makedirs(folder, exist_ok=True)
         self.folder = folder
-        self.jsonl = os.path.join(folder, "log.jsonl")
+        self.jsonl = os.path.join(folder, LOG_NAME)
         self.records: list[dict] = []
+        self.repair_note = ""
         if os.path.isfile(self.jsonl):  # a resumed run continues its log
-            with open(self.jsonl, encoding="utf-8") as f:
-                self.records = [json.loads(line) for line in f if line.strip()]
+            self.records, self.repair_note = _read_records(self.jsonl, keep_until)
+            if self.repair_note:
+                text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
+                atomic_write(self.jsonl, lambda tmp: _write_text(tmp, text))
         self.writer, self.tensorboard_note = None, None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(os.path.join(folder, "tensorboard"))
+                # purge_step: TensorBoard hides the events of the steps this run writes again
+                purge = None if keep_until is None else keep_until + 1
+                self.writer = SummaryWriter(os.path.join(folder, "tensorboard"), purge_step=purge)
             except ImportError:
                 self.tensorboard_note = TENSORBOARD_MISSING
 
@@ -56,12 +65,48 @@ class TrainingLog:
 
     def plot(self, size=(768, 384)) -> Image.Image:
         image = render_plot(self.records, size)
-        atomic_write(os.path.join(self.folder, "plot.png"), lambda tmp: image.save(tmp, format="PNG"))
+        atomic_write(os.path.join(self.folder, PLOT_NAME), lambda tmp: image.save(tmp, format="PNG"))
         return image
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _read_records(path: str, keep_until: int | None) -> tuple[list[dict], str]:
+    """The readable records of a log.jsonl up to step keep_until, and a note of what was dropped
+    ("" when nothing was)."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    records, unreadable, later = [], 0, 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+            step = record["step"] if isinstance(record, dict) else None
+            if not isinstance(step, int) or isinstance(step, bool):
+                raise ValueError("no step")
+        except (ValueError, KeyError, UnicodeDecodeError):
+            unreadable += 1  # a torn last line (a crash mid-write), or damage
+            continue
+        if keep_until is not None and step > keep_until:
+            later += 1
+            continue
+        records.append(record)
+    notes = []
+    if unreadable:
+        notes.append(f"dropped {unreadable} unreadable line(s) (a crash while writing)")
+    if later:
+        notes.append(f"dropped {later} record(s) after step {keep_until}, where this run starts")
+    if lines and lines[-1].strip() and not unreadable:  # a complete record without its newline
+        notes.append("ended the last line")
+    return records, "log.jsonl: " + "; ".join(notes) if notes else ""
 
 
 def _series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:

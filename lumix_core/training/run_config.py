@@ -7,11 +7,13 @@ model files may also be plain file names that ComfyUI's folder_paths resolves (m
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
+from .files import RunFiles
 
 # section -> {setting: (default, meaning)}. [train] holds TrainConfig's fields (see config.py).
 SETTINGS: dict[str, dict[str, tuple[object, str]]] = {
@@ -83,7 +85,11 @@ class RunConfig:
         return Path(self.data["cache_dir"]) if self.data["cache_dir"] else self.output_dir / "cache"
 
     def state_path(self) -> Path:
-        return self.output_dir / f"{self.output['name']}.state.pt"
+        return Path(self.files().state)
+
+    def files(self) -> RunFiles:
+        """Every file the run writes (all in [output] dir)."""
+        return RunFiles(str(self.output_dir), self.output["name"])
 
     def encoder_id(self) -> str:
         """What the cache keys latents and embeddings by, without loading the encoders: their files'
@@ -135,10 +141,12 @@ def parse_run_config(data: dict, source: str = "<config>", base: Path | None = N
         for name, (default, _) in known.items():
             if (section, name) in REQUIRED and not values[name]:
                 raise RunConfigError(f"{source}: [{section}] {name} is required: {known[name][1]}")
-            if default is not None and values[name] is not None and not isinstance(values[name], type(default)) \
-                    and not (isinstance(default, float) and isinstance(values[name], int)):
-                raise RunConfigError(f"{source}: [{section}] {name} must be a {type(default).__name__}, "
-                                     f"got {values[name]!r}")
+            if default is not None and values[name] is not None and not _fits_type(values[name], default):
+                kind = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string",
+                        dict: "a table"}[type(default)]
+                raise RunConfigError(f"{source}: [{section}] {name} must be {kind}, got {values[name]!r}")
+            if isinstance(default, float):
+                values[name] = float(values[name])
             if (section, name) in _PATH_SETTINGS:
                 values[name] = _resolve(values[name], base)
             elif section == "model" and name in _MODEL_FILES:
@@ -155,11 +163,27 @@ def parse_run_config(data: dict, source: str = "<config>", base: Path | None = N
                              f"multiple of 16, got {v}")
     if sections["run"]["timeout_s"] <= 0 or sections["run"]["progress_every"] < 1:
         raise RunConfigError(f"{source}: [run] timeout_s must be positive and progress_every at least 1")
+    if not isinstance(data.get("train", {}), dict):
+        raise RunConfigError(f"{source}: [train] must be a table of settings")
     try:
         train = TrainConfig.from_dict(dict(data.get("train", {})))
     except (TypeError, ValueError) as error:
         raise RunConfigError(f"{source}: [train] {error}") from None
-    return RunConfig(train=train, source=source, **sections)
+    cfg = RunConfig(train=train, source=source, **sections)
+    try:  # the name ('' would write hidden files, '../x' outside dir), and every file name's length
+        cfg.files().check(train.steps)
+    except ValueError as error:
+        raise RunConfigError(f"{source}: [output] {error}") from None
+    return cfg
+
+
+def _fits_type(value, default) -> bool:
+    """TOML types: a bool is not a number, an int is a float, a float must be finite."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, type(default))
 
 
 WEIGHT_DTYPES = {"default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"}

@@ -15,10 +15,11 @@ import torch
 
 from .adapters import LumiXAdapters
 from .config import TrainConfig
-from .files import STATE_FORMAT, STATE_VERSION, write_lora_checkpoint, write_training_state
+from .files import STATE_FORMAT, STATE_VERSION, RunFiles, write_lora_checkpoint, write_training_state
 from .objective import Denoiser, LossResult, TrainingExample, flow_matching_loss, make_flow_batch
 from .optim import build_optimizer, set_learning_rate
 from .order import DataOrder, derived_seed
+from .resume import check_training_state
 
 # Streams derived from (seed, step, position, stream): independent of rank, batch split and resume.
 DATA_STREAM, NOISE_STREAM = 1, 2
@@ -43,6 +44,14 @@ class TrainingStopped(Exception):
 
 
 @dataclass
+class Interrupted:
+    """What `Trainer.run` saved when an interrupt exception went through it (Trainer.interrupted)."""
+    step: int                   # optimisation steps done, and saved
+    state_path: Optional[str]   # the resumable state (None: this rank writes no files)
+    where: str                  # "step", "validation", "progress" (the on_step callback) or "save"
+
+
+@dataclass
 class StepMetrics:
     step: int                   # optimisation steps done after this one
     loss: float
@@ -64,7 +73,7 @@ class Trainer:
     ddp_module: optional wrapper of `adapters` (e.g. DistributedDataParallel); the forward pass runs
     through it so that it syncs gradients. is_main gates every file write (checkpoints, state, logs).
     output_dir/name: where `<name>_step<N>.safetensors`, `<name>.safetensors` (final) and
-    `<name>.state.pt` go (final_checkpoint: another path for the final file).
+    `<name>.state.pt` go (final_checkpoint: another path for the final file); see files.RunFiles.
     log: optional callable(record dict), called on the main rank only.
     validate: optional callable(step) -> dict of metrics, called on the main rank every validate_every.
     """
@@ -87,6 +96,9 @@ class Trainer:
         self.compute_dtype = compute_dtype
         self.output_dir, self.name, self.log, self.validate = output_dir, name, log, validate
         self.final_checkpoint = final_checkpoint
+        self.files = RunFiles(output_dir, name, final_checkpoint or "") if output_dir is not None else None
+        self.interrupted: Optional[Interrupted] = None
+        self.saved_state_step: Optional[int] = None
         self.order = DataOrder(len(data), config.batch_size, config.seed, rank, world_size, config.grad_accumulation)
         self.optimizer = build_optimizer(adapters.parameters(), config)
         self.step = 0  # optimisation steps done
@@ -147,42 +159,71 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, until: Optional[int] = None, on_step: Optional[Callable[[StepMetrics], None]] = None,
-            should_stop: Optional[Callable[[], bool]] = None) -> list[StepMetrics]:
+            should_stop: Optional[Callable[[], bool]] = None, interrupts: tuple = ()) -> list[StepMetrics]:
         """Train up to step `until` (config.steps by default). Saves checkpoints every save_every and
-        at config.steps; on should_stop() saves a resumable state and raises TrainingStopped."""
+        at config.steps; on should_stop() saves a resumable state and raises TrainingStopped.
+
+        interrupts: exception types that mean "the user cancelled" (ComfyUI's InterruptProcessingException,
+        KeyboardInterrupt), wherever they are raised: in a step, in validation, in on_step (ComfyUI raises
+        it inside the progress-bar update) or while saving. The state of the last complete step is then
+        saved (self.interrupted says what), and the exception goes on (the host marks the run cancelled)."""
         cfg = self.config
         until = cfg.steps if until is None else until
         history = []
-        while self.step < until:
-            if should_stop is not None and should_stop():
-                raise TrainingStopped(self.step, self.save_state())
-            metrics = self.train_step()
-            if self.validate is not None and self.is_main and cfg.validate_every and self.step % cfg.validate_every == 0:
-                metrics.extra["validation"] = self.validate(self.step)
-            if self.is_main and self.log is not None and (self.step % cfg.log_every == 0 or "validation" in metrics.extra):
-                self.log(metrics.record())
-            history.append(metrics)
-            if on_step is not None:
-                on_step(metrics)
-            if self.step == cfg.steps:
-                self.save_checkpoint(final=True)
-                self.save_state()
-            elif cfg.save_every and self.step % cfg.save_every == 0:
-                self.save_checkpoint()
-                self.save_state()
+        where = "step"
+        pending: Optional[StepMetrics] = None  # a finished step whose log record is not written yet
+        try:
+            while self.step < until:
+                if should_stop is not None and should_stop():
+                    path = self.save_state() if self.saved_state_step != self.step else self.state_path()
+                    self.interrupted = Interrupted(self.step, path if self.is_main else None, "between steps")
+                    raise TrainingStopped(self.step, self.interrupted.state_path)
+                where = "step"
+                metrics = self.train_step()
+                pending = metrics
+                if self.validate is not None and self.is_main and cfg.validate_every and self.step % cfg.validate_every == 0:
+                    where = "validation"
+                    metrics.extra["validation"] = self.validate(self.step)
+                self._log(metrics)
+                pending = None
+                history.append(metrics)
+                where = "save"
+                if self.step == cfg.steps:
+                    self.save_checkpoint(final=True)
+                    self.save_state()
+                elif cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+                    self.save_state()
+                if on_step is not None:
+                    where = "progress"
+                    on_step(metrics)
+        except interrupts:
+            self.optimizer.zero_grad(set_to_none=True)  # a step cut short leaves partial gradients
+            if pending is not None:
+                self._log(pending, force=True)
+            path = self.save_state() if self.saved_state_step != self.step else self.state_path()
+            self.interrupted = Interrupted(self.step, path if self.is_main else None, where)
+            raise
+        final = self.checkpoint_path(final=True)
+        if self.step == cfg.steps and self.is_main and final is not None and not os.path.exists(final):
+            self.save_checkpoint(final=True)  # the last step was interrupted before its final save
         return history
+
+    def _log(self, metrics: StepMetrics, force: bool = False) -> None:
+        if self.is_main and self.log is not None and (
+                force or self.step % self.config.log_every == 0 or "validation" in metrics.extra):
+            self.log(metrics.record())
 
     # -- files (main rank only) ------------------------------------------------------------------
     def checkpoint_path(self, final: bool = False) -> Optional[str]:
         if final and self.final_checkpoint is not None:
             return self.final_checkpoint
-        if self.output_dir is None:
+        if self.files is None:
             return None
-        stem = self.name if final else f"{self.name}_step{self.step:06d}"
-        return os.path.join(self.output_dir, stem + ".safetensors")
+        return self.files.final_path if final else self.files.step_checkpoint(self.step)
 
     def state_path(self) -> Optional[str]:
-        return None if self.output_dir is None else os.path.join(self.output_dir, f"{self.name}.state.pt")
+        return None if self.files is None else self.files.state
 
     def save_checkpoint(self, final: bool = False) -> Optional[str]:
         path = self.checkpoint_path(final)
@@ -194,7 +235,9 @@ class Trainer:
         path = self.state_path()
         if not self.is_main or path is None:
             return None
-        return write_training_state(path, self.state_dict())
+        write_training_state(path, self.state_dict())
+        self.saved_state_step = self.step
+        return path
 
     # -- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -211,9 +254,10 @@ class Trainer:
                           "hidden_size": self.adapters.hidden_size, "alpha": self.adapters.alpha}}
 
     def load_state_dict(self, state: dict) -> None:
-        shape = state.get("shape", {})
-        mine = {"num_maps": self.adapters.num_maps, "rank": self.adapters.rank,
-                "hidden_size": self.adapters.hidden_size, "alpha": self.adapters.alpha}
+        a = self.adapters
+        shape = check_training_state(state, hidden_size=a.hidden_size, double_blocks=a.counts["double_blocks"],
+                                     single_blocks=a.counts["single_blocks"], num_maps=self.data.num_maps)
+        mine = {"num_maps": a.num_maps, "rank": a.rank, "hidden_size": a.hidden_size, "alpha": a.alpha}
         if shape != mine:
             raise ValueError(f"the training state is for adapters {shape}, this run has {mine}; resume with the "
                              "same rank, alpha, map count and model")
@@ -229,6 +273,7 @@ class Trainer:
             self.adapters.load_state_dict(state["adapters"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        self.saved_state_step = self.step
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import comfy_host  # noqa: F401  (skips without ComfyUI; puts it on sys.path)
+from conftest import REPO
 from distributed_fixture import build_shared, run_trainer, write_config
 
 from lumix_core import load_checkpoint
@@ -81,9 +82,36 @@ def test_two_ranks_match_one_process_and_a_killed_rank_resumes_to_the_same_adapt
     assert_same(load_file(str(killed / "tiny_step000002.safetensors")),
                 load_file(str(reference / "tiny_step000002.safetensors")))
 
+    # rank 0 killed while writing the state leaves its temporary: the next start removes it (only it)
+    stale, foreign = killed / ".tiny.state.pt.k1ll3d_x.part", killed / ".other.state.pt.k1ll3d_x.part"
+    stale.write_bytes(b"half a state")
+    foreign.write_bytes(b"another run's")
     # --resume (here on one process: the global batch, not the process count, defines the run)
-    ok(run_trainer(config, "--resume"))
+    done = ok(run_trainer(config, "--resume"))
+    assert f"removed a killed run's temporary file {stale}" in done.stdout
+    assert not stale.exists() and foreign.exists()
+    foreign.unlink()
     assert_same(final(killed), final(reference))
+    assert log_steps(killed) == [1, 2, 3, 4]  # step 3 of the killed attempt is not listed twice
+
+    # the same command without --resume would replace the finished run: refused, nothing touched
+    before = {p.name: p.stat().st_mtime_ns for p in killed.iterdir()}
+    done = run_trainer(config)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "already holds a run named 'tiny' (tiny.safetensors, tiny.state.pt, tiny_step000002.safetensors): " \
+           "continue it with --resume, replace it with --overwrite" in done.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in killed.iterdir()} == before
+    # a cut last line in log.jsonl (a crash mid-write) does not block --resume; it is dropped
+    with open(killed / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')
+    done = ok(run_trainer(config, "--resume"))
+    assert "nothing to do: the state is at step 4 of 4" in done.stdout and "1 unreadable line" in done.stdout
+    assert log_steps(killed) == [1, 2, 3, 4]
+    # --overwrite starts again: the same adapters, a fresh log
+    done = ok(run_trainer(config, "--overwrite"))
+    assert "--overwrite: deleted the previous run's 3 checkpoint/state file(s)" in done.stdout
+    assert_same(final(killed), final(reference))
+    assert log_steps(killed) == [1, 2, 3, 4]
 
     # torchrun --max-restarts: the restarted ranks resume from the last state by themselves
     elastic = tmp_path / "elastic"
@@ -94,6 +122,11 @@ def test_two_ranks_match_one_process_and_a_killed_rank_resumes_to_the_same_adapt
     assert sorted(p.name for p in elastic.iterdir()) == sorted(p.name for p in reference.iterdir())
 
 
+def one_line(done):
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    return done.stderr
+
+
 def test_bad_settings_end_before_any_model_is_loaded(shared, tmp_path):
     done = run_trainer(write_config(tmp_path, shared, tmp_path / "r"), "--resume")
     assert done.returncode == 2 and "--resume: no training state at" in done.stderr
@@ -101,3 +134,50 @@ def test_bad_settings_end_before_any_model_is_loaded(shared, tmp_path):
     bad.write_text("[model]\nflux = 'x'\n")
     done = run_trainer(bad)
     assert done.returncode == 2 and "[data] root is required" in done.stderr
+    # each of these once trained, crashed or wrote the wrong thing (issue 20); now one line, exit 2, nothing written
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "never"
+    for train, output, message in [
+            ({"steps": 1.5}, {}, "[train] training setting: steps must be a whole number in [1, 1000000], got 1.5"),
+            ({"steps": True}, {}, "steps must be a whole number in [1, 1000000], got True"),
+            ({"batch_size": 1.0}, {}, "batch_size must be a whole number"),
+            ({"rank": 65}, {}, "rank must be a whole number in [1, 64], got 65"),
+            ({"alpha": 20000.0}, {}, "alpha must be a finite number in (0, 10000], got 20000.0"),
+            ({}, {"name": ""}, "[output] the output name '' is empty"),
+            ({}, {"name": "../x"}, "[output] the output name '../x' must be a plain file name, not a path"),
+            ({}, {"name": "a\nb"}, "control characters"),
+            ({}, {"name": "n" * 220}, "is too long: the run writes"),
+            ({}, {"dir": str(tmp_path / "a_file")}, "a_file is a file, not a folder")]:
+        config = write_config(tmp_path, shared, out, **train)
+        if output:
+            text = config.read_text().replace(f'dir = "{out}"\nname = "tiny"',
+                                              f'dir = {json.dumps(output.get("dir", str(out)))}\n'
+                                              f'name = {json.dumps(output.get("name", "tiny"))}')
+            config.write_text(text)
+        assert message in one_line(run_trainer(config)), (train, output)
+        assert not out.exists()
+    done = run_trainer(write_config(tmp_path, shared, out), "--resume", "--overwrite")
+    assert done.returncode == 2 and "give one of them" in done.stderr
+
+
+def test_a_diverged_run_exits_2_with_one_line(shared, tmp_path, monkeypatch, capsys):
+    """main()'s handling of the trainer's FloatingPointError (raised when the gradient is not finite:
+    tested in test_training_core) without a real diverging model."""
+    import importlib.util
+    import signal
+    spec = importlib.util.spec_from_file_location("lumix_train_cli", str(REPO / "scripts" / "lumix_train.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    def diverge(cfg, ctx, resume):
+        raise FloatingPointError("the gradient became nan at step 3: training diverged. Lower the learning rate")
+    monkeypatch.setattr(cli, "train", diverge)
+    monkeypatch.setattr(cli.comfy_models, "import_comfyui", lambda device: None)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = cli.main([str(write_config(tmp_path, shared, tmp_path / "d"))])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    err = capsys.readouterr().err
+    assert code == 2 and err == "lumix_train: rank 0: the gradient became nan at step 3: training diverged. Lower the " \
+                                "learning rate\n"

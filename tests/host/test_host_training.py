@@ -13,7 +13,7 @@ import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 import comfy.utils  # noqa: E402
 from lumix_core import load_checkpoint
-from lumix_core.training import LumiXAdapters, TrainConfig, flow_matching_loss, make_flow_batch
+from lumix_core.training import LumiXAdapters, TrainConfig, flow_matching_loss, make_flow_batch, read_training_state
 from lumix_core.training.objective import TrainingExample
 from training_fixtures import make_scene_folder
 
@@ -98,30 +98,85 @@ def test_trainer_node_trains_leaves_the_base_alone_and_its_checkpoint_loads_in_t
     assert (got_trained - got_base).abs().max() > 1e-4  # the adapters learnt something
 
 
-def test_cancel_saves_a_state_and_resume_finishes_like_a_straight_run(dataset, lumix_dir):
-    data, _ = dataset
-    train(comfy_loaded_flux(), data, "straight")
+def cancelling_hook(when):
+    """ComfyUI's progress hook as main.py's hijack_progress installs it: Cancel (here: when(value, total)
+    first holds) sets the interrupt flag, and the hook itself raises it via
+    throw_exception_if_processing_interrupted inside ProgressBar.update_absolute."""
+    fired = []
 
-    def interrupt_at_step_2(value, total, preview, node_id=None):
-        if value == 2:
+    def hook(value, total, preview_image, prompt_id=None, node_id=None):
+        if not fired and when(value, total):
+            fired.append((value, total))
             comfy.model_management.interrupt_current_processing()
-    comfy.utils.set_progress_bar_global_hook(interrupt_at_step_2)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+    return hook, fired
+
+
+def cancelled_run(data, name, when, **changes):
+    hook, fired = cancelling_hook(when)
+    comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
-            train(comfy_loaded_flux(), data, "cancelled")
+        with pytest.raises(comfy.model_management.InterruptProcessingException):  # ComfyUI must see the Cancel
+            train(comfy_loaded_flux(), data, name, **changes)
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
-    assert not comfy.model_management.processing_interrupted()
-    assert not (lumix_dir / "cancelled.safetensors").exists()
-    assert os.path.exists(lumix_dir / "cancelled_training" / "cancelled.state.pt")
-    train(comfy_loaded_flux(), data, "cancelled", resume=True)
-    a = load_checkpoint(str(lumix_dir / "straight.safetensors")).adapters
-    b = load_checkpoint(str(lumix_dir / "cancelled.safetensors")).adapters
+    assert fired and not comfy.model_management.processing_interrupted()
+    return fired
+
+
+def assert_same_adapters(path_a, path_b):
+    a, b = load_checkpoint(str(path_a)).adapters, load_checkpoint(str(path_b)).adapters
     assert a.keys() == b.keys()
     for key in a:
         for name in a[key]:
             for g in ("G1", "G2", "G3"):
                 assert torch.equal(getattr(a[key][name], g), getattr(b[key][name], g)), (key, name, g)
+
+
+def log_steps(folder):
+    return [json.loads(line)["step"] for line in open(folder / "log.jsonl")]
+
+
+@pytest.mark.parametrize("save_every, cancel_at", [(0, 4), (3, 5)])
+def test_cancel_raised_by_the_progress_hook_saves_the_last_step_and_resume_finishes_like_a_straight_run(
+        dataset, lumix_dir, caplog, save_every, cancel_at):
+    data, _ = dataset
+    train(comfy_loaded_flux(), data, f"straight{save_every}", save_every=save_every)
+    name = f"cancelled{save_every}"
+    work = lumix_dir / f"{name}_training"
+    with caplog.at_level("WARNING"):
+        cancelled_run(data, name, lambda value, total: value == cancel_at, save_every=save_every)
+    assert not (lumix_dir / f"{name}.safetensors").exists()
+    # the state of the step the Cancel came after, not the last periodic save (save_every 0: none at all)
+    assert read_training_state(str(work / f"{name}.state.pt"))["step"] == cancel_at
+    assert log_steps(work) == list(range(1, cancel_at + 1))
+    assert f"after step {cancel_at} of 6. Saved the resumable state {name}_training/{name}.state.pt at step " \
+           f"{cancel_at}; queue again with resume on" in caplog.text
+    train(comfy_loaded_flux(), data, name, save_every=save_every, resume=True)
+    assert_same_adapters(lumix_dir / f"straight{save_every}.safetensors", lumix_dir / f"{name}.safetensors")
+    assert log_steps(work) == list(range(1, 7))  # no step logged twice
+
+
+def test_cancel_during_validation_saves_the_finished_step(dataset, lumix_dir, caplog):
+    data, _ = dataset
+    settings = dict(steps=4, save_every=0, validate_every=2)
+    val = dict(vae=TinyVAE(0), validation_scenes=1, validation_size=64, validation_steps=3)
+    hook, fired = cancelling_hook(lambda value, total: total == 3)  # the validation sampler's progress bar
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException), caplog.at_level("WARNING"):
+            with torch.inference_mode():
+                Trainer.execute(comfy_loaded_flux(), data, "val_cancel", **{**SETTINGS, **settings}, **val)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    work = lumix_dir / "val_cancel_training"
+    assert fired and read_training_state(str(work / "val_cancel.state.pt"))["step"] == 2
+    assert log_steps(work) == [1, 2] and "cancelled during validation after step 2 of 4" in caplog.text
+    with torch.inference_mode():
+        Trainer.execute(comfy_loaded_flux(), data, "val_cancel", **{**SETTINGS, **settings, "resume": True}, **val)
+    train(comfy_loaded_flux(), data, "val_straight", steps=4, save_every=0)  # validation changes no adapter
+    assert_same_adapters(lumix_dir / "val_straight.safetensors", lumix_dir / "val_cancel.safetensors")
+    assert log_steps(work) == [1, 2, 3, 4]
 
 
 def test_trainer_node_refuses_bad_requests(dataset, lumix_dir):
@@ -137,6 +192,16 @@ def test_trainer_node_refuses_bad_requests(dataset, lumix_dir):
         train(comfy_loaded_flux(), data, "fresh", batch_size=3, grad_accumulation=2)
     with pytest.raises(ValueError, match="plain file name"):
         train(comfy_loaded_flux(), data, "../escape")
+    for bad, message in [("two\nlines", r"control characters \('\\n'\)"), ("nul\x00", r"control characters"),
+                         ("", "is empty"), (" ", "is empty"), (".hidden", "hidden")]:
+        with pytest.raises(ValueError, match=r"LumiX Trainer: output_name: .*" + message):
+            train(comfy_loaded_flux(), data, bad)
+    # 218-246 bytes passed every check before and failed at the first save ('File name too long'): now
+    # refused before any step, naming the longest file the run would write and the longest name that fits
+    with pytest.raises(ValueError, match=r"is too long: the run writes '\.x+_step000006\.safetensors\.xxxxxxxx\.part' "
+                                         r"\(256 bytes\), over this file system's 255-byte limit .* at most 217 bytes"):
+        train(comfy_loaded_flux(), data, "x" * 218)
+    assert sorted(os.listdir(lumix_dir)) == ["taken.safetensors"]  # nothing was written by any of them
     with pytest.raises(ValueError, match="LumiX needs a MODEL"):
         train("not a model", data, "fresh")
 
@@ -220,3 +285,45 @@ def test_low_precision_bases_train_with_float32_adapters(dataset, lumix_dir, dty
     after = model.model.diffusion_model.state_dict()
     assert all(after[k].dtype == base[k].dtype and torch.equal(after[k].view(torch.uint8), base[k].view(torch.uint8))
                for k in base)
+
+
+def test_a_crafted_state_is_refused_before_anything_is_allocated(dataset, lumix_dir, monkeypatch):
+    data, _ = dataset
+    train(comfy_loaded_flux(), data, "real", steps=1, save_every=0)
+    real = torch.load(lumix_dir / "real_training" / "real.state.pt", weights_only=True)
+    nodes = importlib.import_module(extension_module().__name__ + ".nodes.training_nodes")
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("adapters were allocated from an unchecked state")
+    monkeypatch.setattr(nodes, "LumiXAdapters", no_allocation)
+    tiny = {"format": "lumix-training-state", "version": 1,
+            "shape": {"num_maps": 5, "rank": 100000, "hidden_size": 32, "alpha": 1.0}}
+    huge = {**real, "shape": {**real["shape"], "rank": 100000}, "config": {**real["config"], "rank": 100000}}
+    wrong = {**real, "adapters": {**real["adapters"]}}
+    key = next(k for k in wrong["adapters"] if k.endswith("G2"))
+    hidden = real["shape"]["hidden_size"]
+    wrong["adapters"][key] = torch.zeros(5, hidden, 3, 3)
+    for name, state, message in [
+            ("tiny", tiny, r"the saved state tiny\.state\.pt is incomplete or damaged: its 'step' entry is missing"),
+            ("huge", huge, r"claims rank 100000; the trainer and loader support ranks 1 to 64"),
+            ("wrong", wrong, rf"G2 has shape \(5, {hidden}, 3, 3\), this model needs \(5, {hidden}, 2, 2\)")]:
+        (lumix_dir / f"{name}_training").mkdir()
+        torch.save(state, lumix_dir / f"{name}_training" / f"{name}.state.pt")
+        with pytest.raises(ValueError, match="LumiX Trainer: .*" + message):
+            train(comfy_loaded_flux(), data, name, steps=1, save_every=0, resume=True)
+
+
+def test_a_killed_runs_temporaries_are_removed_and_nothing_else(dataset, lumix_dir):
+    data, _ = dataset
+    work = lumix_dir / "swept_training"
+    work.mkdir()
+    ours = [work / ".swept.state.pt.k3j_9x0a.part", work / ".swept_step000003.safetensors.abcdefgh.part",
+            work / ".log.jsonl.a1b2c3d4.part", lumix_dir / ".swept.safetensors.zzzzzzzz.part"]
+    others = [work / ".swept.state.pt.short.part", work / ".sweptx.state.pt.abcdefgh.part", work / "notes.txt",
+              lumix_dir / ".other.safetensors.abcdefgh.part", lumix_dir / ".swept.state.pt.abcdefgh.part",
+              work / ".swept.state.pt.abcdefgh.partial"]
+    for path in ours + others:
+        path.write_bytes(b"half-written")
+    *_, report = train(comfy_loaded_flux(), data, "swept", steps=1, save_every=0)
+    assert not any(p.exists() for p in ours) and all(p.exists() for p in others)
+    assert "removed a killed run's temporary file .swept.state.pt.k3j_9x0a.part" in report
