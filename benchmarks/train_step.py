@@ -1,5 +1,6 @@
 """One LumiX training step on ComfyUI's FLUX: time and peak memory as ratios against a plain
-forward+backward of the unpatched model measured in the same run.
+forward+backward of the unpatched model, and against a plain rank-matched LoRA training step,
+both measured in the same run.
 
 Cases (each a full optimisation step of the LumiX trainer unless said otherwise):
   plain            FLUX without LumiX, forward + backward to the input latents (the baseline). ComfyUI's
@@ -8,6 +9,11 @@ Cases (each a full optimisation step of the LumiX trainer unless said otherwise)
                    ComfyUI's forward, tests/test_blocks.py) and no gradient checkpointing
   lumix_ckpt       LumiX adapters + query broadcast, gradient checkpointing per block, cached latents/text
   lumix_nockpt     the same without gradient checkpointing
+  lora_ckpt        a plain LoRA of the same rank on the same projections (K/V and the attention output /
+                   linear2 of every block: per projection one A [d_in, R] and B [R, d_out] for each of
+                   the five maps, nothing mixing them), no query broadcast, trained through the same ComfyUI FLUX forward + backward
+                   with the same per-block checkpointing and optimiser: the target is lumix_ckpt at most
+                   1.3x its time (column time/lora)
   lumix_ckpt_vae   with checkpointing, but the five maps VAE-encoded every step (no latent cache;
                    ComfyUI's FLUX VAE architecture with random weights; the text encoders are NOT
                    included: T5-XXL does not fit a CPU benchmark, so the uncached cost is a lower bound)
@@ -32,7 +38,7 @@ import time
 from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = ("plain", "lumix_ckpt", "lumix_nockpt", "lumix_ckpt_vae")
+CASES = ("plain", "lumix_ckpt", "lora_ckpt", "lumix_nockpt", "lumix_ckpt_vae")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from lumix_comfy_models import flux1_model_config  # noqa: E402  (FLUX.1 config for any ComfyUI version)
@@ -95,6 +101,46 @@ def build_vae(torch, device):
     return vae.to(device).eval().requires_grad_(False)
 
 
+def plain_lora_class(torch):
+    class PlainLoRA(torch.nn.Module):
+        """Ordinary LoRA on one projection, one A [d_in, R] / B [R, d_out] pair per map (the paper's
+        "separate" LoRA: nothing mixes the maps): x_i A_i B_i * alpha / R, B = 0 at the start as LoRA
+        does. Called in the block's place of a Tensor LoRA (same signature)."""
+
+        def __init__(self, d_in, d_out, rank, num_maps, device, generator):
+            super().__init__()
+            self.num_maps, self.rank = num_maps, rank
+            self.A = torch.nn.Parameter((torch.randn(num_maps, d_in, rank, generator=generator) / d_in ** 0.5).to(device))
+            self.B = torch.nn.Parameter(torch.zeros(num_maps, rank, d_out, device=device))
+
+        def forward(self, x, strength=None):
+            s = 1.0 / self.rank * (1.0 if strength is None else strength)
+            batch, tokens, _ = x.shape
+            grouped = x.view(batch // self.num_maps, self.num_maps, tokens, -1)  # map index fastest
+            out = (grouped @ self.A.to(x.dtype)) @ (self.B * s).to(x.dtype)
+            return out.view(batch, tokens, -1)
+
+    return PlainLoRA
+
+
+def plain_lora_model(tm, model, o, torch):
+    """The same patched FLUX as training_model() builds, with plain LoRAs instead of Tensor LoRAs."""
+    PlainLoRA = plain_lora_class(torch)
+    dm = model.model.diffusion_model
+    g = torch.Generator().manual_seed(3)
+    hidden, device = dm.hidden_size, model.load_device
+    loras = {(kind, i): {"kv_tt_lora": PlainLoRA(hidden, 2 * hidden, 8, 5, device, g),
+                         "proj_tt_lora": PlainLoRA(hidden, hidden, 8, 5, device, g)}
+             for kind, count in (("double_blocks", o.double), ("single_blocks", o.single)) for i in range(count)}
+    params = [p for block in loras.values() for m in block.values() for p in m.parameters()]
+    patched = tm.apply_lumix(model, adapters=loras, query_broadcast=False, maps_per_scene=5)
+    replaced = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    for (kind, i) in loras:
+        name = {"double_blocks": "double_block", "single_blocks": "single_block"}[kind]
+        patched.set_model_patch_replace(tm.CheckpointedBlock(replaced[(name, i)]), "dit", name, i)
+    return patched, params
+
+
 def child(o):
     _comfy(o.comfyui)
     import torch
@@ -120,10 +166,14 @@ def child(o):
         def step():
             (plain(x, batch.t, batch.context, batch.pooled, batch.guidance) - batch.target).pow(2).mean().backward()
     else:
-        adapters = LumiXAdapters(dm.hidden_size, o.double, o.single, rank=8, device=device)
-        patched = tm.training_model(model, adapters, o.case != "lumix_nockpt")
+        if o.case == "lora_ckpt":
+            patched, params = plain_lora_model(tm, model, o, torch)
+        else:
+            adapters = LumiXAdapters(dm.hidden_size, o.double, o.single, rank=8, device=device)
+            patched = tm.training_model(model, adapters, o.case != "lumix_nockpt")
+            params = list(adapters.parameters())
         denoise = tm.make_denoiser(patched)
-        opt = build_optimizer(adapters.parameters(), config)
+        opt = build_optimizer(params, config)
         vae = build_vae(torch, device) if o.case == "lumix_ckpt_vae" else None
         pixels = torch.rand(5, 3, o.size, o.size, device=device)
 
@@ -136,6 +186,13 @@ def child(o):
             opt.zero_grad(set_to_none=True)
 
     step()  # warm-up (allocator, lazy init)
+    if o.profile:  # where one step's time goes, by operator (self time)
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                        row_limit=25))
+        return
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -144,13 +201,13 @@ def child(o):
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base_mem = _kib("VmRSS") * 1024
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step()
     if cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = (torch.cuda.max_memory_allocated() if cuda else _kib("VmHWM") * 1024) - base_mem
-    print(json.dumps({"case": o.case, "seconds": seconds, "peak_bytes": peak}))
+    print(json.dumps({"case": o.case, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_bytes": peak}))
 
 
 def main():
@@ -167,11 +224,14 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--profile", metavar="CASE", help="print a torch.profiler table of one step of CASE instead")
     o = p.parse_args()
     if not o.comfyui:
         sys.exit("set COMFYUI_PATH (or --comfyui) to a ComfyUI checkout: the benchmark trains ComfyUI's FLUX")
     if o.full:
         o.double, o.single, o.size, o.text, o.dtype = 19, 38, 512, 512, "bfloat16"
+    if o.profile:
+        o.case = o.profile
     if o.case:
         return child(o)
     cases = o.cases.split(",")
@@ -195,14 +255,23 @@ def main():
         sys.exit("the baseline failed; no ratios")
     t0 = statistics.median(r["seconds"] for r in results["plain"])
     m0 = statistics.median(r["peak_bytes"] for r in results["plain"])
-    print(f"{'case':16s} {'seconds':>9s} {'time/plain':>10s} {'peak MiB':>9s} {'mem/plain':>9s}")
+    lora = results.get("lora_ckpt")
+    tl = statistics.median(r["seconds"] for r in lora) if lora else None
+    cl = statistics.median(r["cpu_seconds"] for r in lora) if lora else None
+    ml = statistics.median(r["peak_bytes"] for r in lora) if lora else None
+    # CPU seconds of the process (all its threads): on a shared machine far less disturbed by other
+    # processes than wall time, which they stretch by taking the cores
+    print(f"{'case':16s} {'seconds':>9s} {'time/plain':>10s} {'cpu s':>9s} {'peak MiB':>9s} {'mem/plain':>9s}"
+          + (f" {'time/lora':>9s} {'cpu/lora':>9s} {'mem/lora':>9s}" if lora else ""))
     for case in cases:
         if not results[case]:
             print(f"{case:16s} failed")
             continue
         t = statistics.median(r["seconds"] for r in results[case])
+        c = statistics.median(r["cpu_seconds"] for r in results[case])
         m = statistics.median(r["peak_bytes"] for r in results[case])
-        print(f"{case:16s} {t:9.3f} {t / t0:10.2f} {m / 2**20:9.1f} {m / max(m0, 1):9.2f}")
+        print(f"{case:16s} {t:9.3f} {t / t0:10.2f} {c:9.3f} {m / 2**20:9.1f} {m / max(m0, 1):9.2f}"
+              + (f" {t / tl:9.2f} {c / cl:9.2f} {m / max(ml, 1):9.2f}" if lora else ""))
 
 
 if __name__ == "__main__":

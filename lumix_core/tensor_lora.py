@@ -8,7 +8,8 @@ size [M, M, L, d_out] (what the reference contraction order builds) is ever allo
 
 The merged weight (and G3 in the compute dtype) is cached per (device, dtype, scale) and per
 version of the factors, so inference merges once instead of once per call. The cache is bypassed
-where autograd must see the factors (grad enabled and a factor requiring grad) and under
+where autograd must see the factors (grad enabled and a factor requiring grad: training, which
+also drops any cached weights, since the optimiser is about to change the factors) and under
 torch.compile (the merge is then part of the compiled graph), and dropped whenever the module
 is moved or cast (`_apply`), so an offload frees it together with the factors.
 """
@@ -109,8 +110,12 @@ class TensorLoRA(nn.Module):
             up = self.G3.to(device=device, dtype=dtype).transpose(1, 2)
             return self.merged_input_weight(dtype, strength, device), up
 
-        if torch.compiler.is_compiling() or (
-                torch.is_grad_enabled() and any(p.requires_grad for p in factors)):
+        if torch.compiler.is_compiling():
+            return compute()
+        if torch.is_grad_enabled() and any(p.requires_grad for p in factors):
+            # Training: the factors are about to change (the optimiser step after this backward), so
+            # weights cached by an inference pass in between (validation under no_grad) go now.
+            self._weights_cache = None
             return compute()
         # _version moves on every in-place update (an optimiser step); inference tensors have none,
         # and cannot be updated outside inference mode. Weights made in inference mode cannot be

@@ -4,6 +4,7 @@ host-free trainer. The base model is never changed: a ModelPatcher clone carries
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 import torch.utils.checkpoint
@@ -13,6 +14,8 @@ import comfy.patcher_extension
 import comfy.utils
 
 from ..lumix_core.training import LumiXAdapters
+from .adapter_memory import resolve_adapter_dtype
+from .checkpoint_cache import build_loaded_adapters
 from .flux_model import block_counts, flux_diffusion_model
 from .patch import LumiXBlockPatch, apply_lumix
 
@@ -62,6 +65,18 @@ def training_model(model, adapters: LumiXAdapters, gradient_checkpointing: bool 
     return patched
 
 
+def trained_model(model, adapters: LumiXAdapters, checkpoint_name: str, adapter_dtype: str = "auto"):
+    """The Trainer's MODEL output, built the way the LumiX Tensor LoRA Loader builds its own: a
+    private copy of the trained factors in the loader's adapter dtype ('auto': float32 for a float32
+    model, else bfloat16), on the offload device, held by an adapter ModelPatcher that ComfyUI counts,
+    loads and offloads with the model (nodes/adapter_memory.py). Later training does not change it."""
+    dtype = resolve_adapter_dtype(adapter_dtype, model)
+    loaded = build_loaded_adapters(adapters.as_checkpoint(model.offload_device), dtype, model.load_device,
+                                   model.offload_device)
+    return apply_lumix(model, adapters=loaded.adapters, adapter_model=loaded.model, strength=1.0,
+                       checkpoint_name=checkpoint_name, maps_per_scene=adapters.num_maps, query_broadcast=True)
+
+
 def compute_dtype(model) -> torch.dtype:
     base = model.model
     return base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
@@ -85,40 +100,101 @@ def make_denoiser(patched):
     return denoise
 
 
+# Per FLUX module being trained: the flags of its parameters as found, and the tensors whose
+# inference-mode contents were swapped for ordinary ones (restored by frozen_base).
+_TRAINING_BASES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _base_record(dm) -> dict:
+    record = _TRAINING_BASES.get(dm)
+    if record is None:
+        record = _TRAINING_BASES[dm] = {"flags": [(p, p.requires_grad) for p in dm.parameters()], "swapped": []}
+    return record
+
+
+def _swap_contents(tensor, replacement) -> bool:
+    """Give `tensor` (the same Python object, wherever it is referenced) the contents and autograd
+    flags of `replacement`. False where torch refuses (another reference to its storage is alive)."""
+    try:
+        torch.utils.swap_tensors(tensor, replacement)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
 def prepare_base_for_autograd(model) -> int:
-    """Re-create any inference-mode tensor of the FLUX as an ordinary tensor with the same values.
+    """Make every inference-mode tensor of the FLUX an ordinary tensor with the same values, in place.
 
     ComfyUI builds and loads models inside torch.inference_mode(); autograd refuses to save such
     tensors for the backward pass (every frozen weight the gradient flows through is saved). The
-    copies hold the same bits and serve inference as before (ComfyUI's own device moves re-create
-    the tensors the same way); one parameter at a time, so memory grows by one tensor at most.
-    Returns how many tensors were re-created. Call with inference mode off."""
+    contents of each parameter and buffer object are swapped for an ordinary copy of the same bits
+    (torch.utils.swap_tensors), so the objects other nodes and ComfyUI hold stay the same; one
+    tensor at a time, so memory grows by one tensor at most. `frozen_base` swaps inference copies
+    back and restores the requires_grad flags found here. Returns how many tensors were swapped.
+    Call with inference mode off."""
     dm = flux_diffusion_model(model)
+    record = _base_record(dm)
     count = 0
     for name, param in list(dm.named_parameters()):
         if param.is_inference():
-            comfy.utils.set_attr_param(dm, name, param.detach().clone())
+            # the flag as found: should training not start after all, objects, values and flags are unchanged
+            fresh = torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+            if _swap_contents(param, fresh):
+                record["swapped"].append(param)
+            else:  # cannot happen for ComfyUI's own weights; an equal new object is the only way left
+                comfy.utils.set_attr_param(dm, name, fresh.detach())  # (set_attr_param freezes it)
             count += 1
     for name, buffer in list(dm.named_buffers()):
         if buffer.is_inference():
-            comfy.utils.set_attr(dm, name, buffer.clone())
+            fresh = buffer.clone()
+            if _swap_contents(buffer, fresh):
+                record["swapped"].append(buffer)
+            else:
+                comfy.utils.set_attr(dm, name, fresh)
             count += 1
     return count
 
 
+def _restore_base(dm) -> None:
+    """Undo prepare_base_for_autograd and frozen_base: inference-mode contents (the same values, on
+    whatever device ComfyUI moved them to meanwhile) and the requires_grad flags as found."""
+    record = _TRAINING_BASES.pop(dm, None)
+    if record is None:
+        return
+    flags = {id(p): flag for p, flag in record["flags"]}
+    for tensor in record["swapped"]:
+        with torch.inference_mode():
+            copy = tensor.detach().clone()
+        if isinstance(tensor, torch.nn.Parameter):
+            with torch.inference_mode():
+                copy = torch.nn.Parameter(copy, requires_grad=flags.get(id(tensor), False))
+        _swap_contents(tensor, copy)  # where refused, the ordinary copy (same values) stays
+        del copy
+    for param, flag in record["flags"]:
+        if param.requires_grad != flag:
+            if param.is_inference():  # only inside inference mode may such a tensor ask for gradients
+                with torch.inference_mode():
+                    param.requires_grad_(flag)
+            else:
+                param.requires_grad_(flag)
+
+
 @contextlib.contextmanager
 def frozen_base(model):
-    """Make sure no parameter of the base FLUX asks for a gradient while training (ComfyUI loads
-    weights frozen; randomly built models may not be); restores the flags afterwards."""
+    """The base FLUX ready for training for the duration: no parameter asks for a gradient (ComfyUI
+    loads weights frozen; randomly built models may not be) and inference-mode tensors are made
+    ordinary (prepare_base_for_autograd, where not called yet). Afterwards, also when training
+    fails or is cancelled, the shared model is as found: the same parameter and buffer objects,
+    the same values, requires_grad flags and inference-mode state."""
     dm = model.get_model_object("diffusion_model")
-    flagged = [p for p in dm.parameters() if p.requires_grad]
-    for p in flagged:
-        p.requires_grad_(False)
+    _base_record(dm)
     try:
+        prepare_base_for_autograd(model)
+        for p in dm.parameters():
+            p.requires_grad_(False)
         yield
     finally:
-        for p in flagged:
-            p.requires_grad_(True)
+        _restore_base(dm)
 
 
 def load_for_training(model):

@@ -28,11 +28,10 @@ from . import categories
 from .dataset_folders import DEFAULT_CACHE, DEFAULT_FOLDER, FolderError, dataset_choices, resolve_cache, resolve_dataset
 from .flux_model import NotFluxError, block_counts, flux_diffusion_model
 from .model_nodes import LUMIX_FOLDER, checkpoint_choices, checkpoint_path
-from .patch import apply_lumix
 from .sampling_steps import warn_user
 from .training_model import (
     compute_dtype, frozen_base, load_for_training, make_denoiser, new_adapters, prepare_base_for_autograd,
-    training_model,
+    trained_model, training_model,
 )
 
 TrainingData = io.Custom("LUMIX_TRAINING_DATA")
@@ -371,8 +370,7 @@ class LumiXTrainer(io.ComfyNode):
             finally:
                 log.close()  # also on errors: a long-lived server must not keep the log's files open
             plot = log.plot()
-            trained = apply_lumix(model, adapters=adapters.frozen_copy(), query_broadcast=True,
-                                  maps_per_scene=adapters.num_maps, strength=1.0, checkpoint_name=f"{name}.safetensors")
+            trained = trained_model(model, adapters, f"{name}.safetensors")
         last = log.records[-1] if log.records else {}
         report = (f"LumiX Trainer: {trainer.step} steps on {dataset.summary}\n"
                   f"checkpoint: {final_path}\nlogs, step checkpoints, state: {work_dir}\n"

@@ -207,3 +207,24 @@ def test_query_broadcast_is_a_view_for_one_scene():
     assert all(torch.equal(one[i], q[2]) for i in range(M))
     two = broadcast_source_query(torch.cat((q, q + 1)), M)
     assert torch.equal(two[7], q[2] + 1) and torch.equal(two[0], q[2])
+
+
+def test_a_training_forward_drops_weights_cached_by_an_inference_pass():
+    """Validation under no_grad caches merged weights; the next training forward frees them (the
+    optimiser is about to change the factors), and the numbers follow the changed factors."""
+    lora = TensorLoRA(M, D_IN, D_OUT, R, alpha=1.5)
+    with torch.no_grad():
+        lora.G3.normal_(generator=torch.Generator().manual_seed(4))
+    x = x_input()
+    with torch.no_grad():
+        lora(x)
+    assert lora._weights_cache is not None
+    merged = lora._weights_cache[1]
+    lora(x).square().sum().backward()  # a training step's forward + backward
+    assert lora._weights_cache is None and merged._version == 0
+    with torch.no_grad():
+        for p in lora.parameters():
+            p -= 0.1 * p.grad  # the optimiser step
+        got = lora(x)
+    want = reference64(lora, x)
+    assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()  # float32 against float64

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from ..checkpoint import ADAPTER_NAMES, BLOCK_KINDS, LumiXCheckpoint
+from ..checkpoint import ADAPTER_NAMES, BLOCK_KINDS, AdapterFactors, LumiXCheckpoint
 from ..maps import MAP_COUNT
 from ..tensor_lora import TensorLoRA
 from .order import derived_seed
@@ -90,6 +90,16 @@ class LumiXAdapters(nn.Module):
         when training goes on."""
         return {key: {name: copy.deepcopy(m).to(device).requires_grad_(False) for name, m in block.items()}
                 for key, block in self.block_dict().items()}
+
+    def as_checkpoint(self, device="cpu") -> LumiXCheckpoint:
+        """The factors as a LumiXCheckpoint (detached, on `device`; views where already there), with
+        rank and alpha: what the loader builds its adapters from (nodes/checkpoint_cache.py)."""
+        adapters = {key: {name: AdapterFactors(*(getattr(m, g).detach().to(device) for g in ("G1", "G2", "G3")))
+                          for name, m in block.items()}
+                    for key, block in self.block_dict().items()}
+        return LumiXCheckpoint(num_maps=self.num_maps, rank=self.rank, hidden_size=self.hidden_size,
+                               alpha=self.alpha, adapters=adapters,
+                               metadata={"rank": str(self.rank), "alpha": repr(self.alpha)})
 
     def forward(self, compute, *args, **kwargs):
         """Run `compute(*args, **kwargs)`: the training forward pass, seen by a DDP wrapper."""
