@@ -38,6 +38,15 @@ def output_dir(tmp_path):
     folder_paths.set_output_directory(before)
 
 
+@pytest.fixture
+def lumix_dir(tmp_path, monkeypatch):
+    """An empty models/lumix folder for the test, in place of ComfyUI's registered ones (restored after)."""
+    folder = tmp_path / "models_lumix"
+    folder.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "lumix", ([str(folder)], {".safetensors"}))
+    return folder
+
+
 def with_hidden(node_cls, hidden: dict):
     """A clone of a V3 node class carrying hidden inputs, as ComfyUI's executor prepares one before
     execute. ComfyUI 0.3.x passes the hidden dict itself; 0.8 passes V3 data that holds it under

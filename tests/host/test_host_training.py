@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comfy_host import (TinyCLIP, TinyVAE, extension_module, folder_paths, load_extension, model_inputs, run_model,
-                        tiny_flux)  # first: skips this module where there is no ComfyUI
+                        tiny_flux, lumix_dir)  # noqa: F401  (lumix_dir: a fixture; first: skips without ComfyUI)
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 import comfy.utils  # noqa: E402
@@ -28,14 +28,6 @@ def comfy_loaded_flux(seed=0):
         model = tiny_flux(seed=seed)
     assert next(model.model.diffusion_model.parameters()).is_inference()
     return model
-
-
-@pytest.fixture
-def lumix_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models_lumix"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "lumix", ([str(folder)], {".safetensors"}))
-    return folder
 
 
 @pytest.fixture(scope="module")

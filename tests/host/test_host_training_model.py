@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from comfy_host import (DOUBLE, HIDDEN, SINGLE, TinyCLIP, TinyVAE, extension_module, folder_paths, load_extension,
-                        model_inputs, run_model, tiny_flux)  # first: skips this module where there is no ComfyUI
+                        lumix_dir, model_inputs, run_model, tiny_flux)  # noqa: F401  (lumix_dir: a fixture; first: skips without ComfyUI)
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.utils  # noqa: E402
@@ -22,14 +22,6 @@ SETTINGS = dict(steps=3, rank=RANK, optimizer="adamw", learning_rate=1e-2, batch
                 warmup_steps=0, max_grad_norm=1.0, timestep_sampling="logit_normal", guidance=1.0,
                 held_map_probability=0.0, caption_dropout=0.0, gradient_checkpointing=True, seed=3, save_every=0,
                 init_from="none (train from scratch)", resume=False, validate_every=0)
-
-
-@pytest.fixture
-def lumix_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models_lumix"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "lumix", ([str(folder)], {".safetensors"}))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -31,14 +31,18 @@ def is_output_node(node_class):
     return getattr(node_class, "OUTPUT_NODE", False)
 
 
-def ordered_inputs(node_class):
-    """(name, is_widget) of every input in ComfyUI's order (required, then optional), as /object_info has them."""
+def input_schema(node_class):
+    """(inputs by section, input names in order by section), as /object_info has them."""
     if hasattr(node_class, "GET_NODE_INFO_V1"):
         info = node_class.GET_NODE_INFO_V1()
-        inputs, order = info["input"], info["input_order"]
-    else:
-        inputs = node_class.INPUT_TYPES()
-        order = {k: list(v) for k, v in inputs.items()}
+        return info["input"], info["input_order"]
+    inputs = node_class.INPUT_TYPES()
+    return inputs, {k: list(v) for k, v in inputs.items()}
+
+
+def ordered_inputs(node_class):
+    """(name, is_widget) of every input in ComfyUI's order (required, then optional), as /object_info has them."""
+    inputs, order = input_schema(node_class)
     for section in ("required", "optional"):
         for name in order.get(section, []):
             spec = inputs[section][name]
@@ -47,12 +51,7 @@ def ordered_inputs(node_class):
 
 def widget_specs(node_class):
     """(name, type or combo options, extra info) of every widget input, in the frontend's order."""
-    if hasattr(node_class, "GET_NODE_INFO_V1"):
-        info = node_class.GET_NODE_INFO_V1()
-        inputs, order = info["input"], info["input_order"]
-    else:
-        inputs = node_class.INPUT_TYPES()
-        order = {k: list(v) for k, v in inputs.items()}
+    inputs, order = input_schema(node_class)
     for section in ("required", "optional"):
         for name in order.get(section, []):
             spec = inputs[section][name]
