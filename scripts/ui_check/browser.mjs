@@ -19,3 +19,30 @@ export async function openPage(out) {
   const shot = (name) => page.screenshot({ path: path.join(out, name) });
   return { browser, page, consoleErrors, shot };
 }
+
+// Opens ComfyUI's page and waits for its app and LiteGraph, then lets the UI settle and dismisses
+// first-run dialogs (Escape pressed `escapes` times).
+export async function openComfyUI(page, server, { settleMs = 3000, escapes = 1 } = {}) {
+  await page.goto(server, { waitUntil: "load" });
+  await page.waitForFunction(() => window.app?.graph && window.LiteGraph, null, { timeout: 120000 });
+  await page.waitForTimeout(settleMs);
+  for (let i = 0; i < escapes; i++) {
+    await page.keyboard.press("Escape");
+    if (escapes > 1) await page.waitForTimeout(500);
+  }
+}
+
+// Whether the server runs and holds no prompt.
+export async function queueIdle(server) {
+  const q = await (await fetch(`${server}/queue`)).json();
+  return q.queue_running.length === 0 && q.queue_pending.length === 0;
+}
+
+// Polls the queue every 2 s until it is idle or `timeoutMs` has passed.
+export async function waitQueueIdle(page, server, timeoutMs) {
+  const started = Date.now();
+  while (Date.now() - started < timeoutMs) {
+    await page.waitForTimeout(2000);
+    if (await queueIdle(server)) return;
+  }
+}

@@ -1,16 +1,13 @@
 // Render passes -> LumiX maps -> Depth to Mesh -> core Preview 3D in headless Chromium, then the shipped 3D
 // workflow as a user opens it (see scripts/ui_check/README.md). Needs prepare_3d.py's input files.
 //   node check_3d.mjs http://127.0.0.1:8199 OUT [path/to/workflows/lumix_from_3d_render_passes.json]
-import { openPage } from "./browser.mjs";
+import { openPage, openComfyUI, waitQueueIdle } from "./browser.mjs";
 import fs from "node:fs";
 const [server, out] = process.argv.slice(2);
 const { browser, page, consoleErrors, shot } = await openPage(out);
 const summary = {failed: []};
 page.on("response", (r) => { if (r.status() >= 400) summary.failed.push(`${r.status()} ${r.url()}`); });
-await page.goto(server, { waitUntil: "load" });
-await page.waitForFunction(() => window.app?.graph && window.LiteGraph, null, { timeout: 120000 });
-await page.waitForTimeout(8000);
-for (let i = 0; i < 3; i++) { await page.keyboard.press("Escape"); await page.waitForTimeout(500); }
+await openComfyUI(page, server, { settleMs: 8000, escapes: 3 });
 const api = {
   "1": {class_type: "LumiXRenderPassesToMaps", inputs: {depth_file: "render_passes.exr", normal_file: "render_passes.exr",
         depth_encoding: "planar Z (scene units)", depth_range: "image's nearest..farthest", near: 0.1, far: 100.0,
@@ -33,12 +30,7 @@ await page.evaluate(() => {
 });
 await shot("01_loaded.png");
 await page.evaluate(async () => { await window.app.queuePrompt(0, 1); });
-const started = Date.now();
-while (Date.now() - started < 180000) {
-  await page.waitForTimeout(2000);
-  const q = await (await fetch(`${server}/queue`)).json();
-  if (q.queue_running.length === 0 && q.queue_pending.length === 0) break;
-}
+await waitQueueIdle(page, server, 180000);
 await page.waitForTimeout(6000);
 for (let i = 0; i < 2; i++) { await page.keyboard.press("Escape"); await page.waitForTimeout(300); }
 await page.evaluate(() => { window.app.canvas.ds.offset = [20, 40]; window.app.canvas.ds.scale = 1.0; window.app.canvas.setDirty(true, true); });

@@ -4,7 +4,7 @@
 // bypassed (an unpatched model) and screenshots the warning on the sampler node.
 // Start the server with --preview-method latent2rgb (or TAESD) so previews are drawn on the CPU.
 //   node check_preview.mjs http://127.0.0.1:8197 tiny_tools_workflow.json OUT [steps] [size]
-import { openPage } from "./browser.mjs";
+import { openPage, openComfyUI, queueIdle } from "./browser.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
@@ -12,10 +12,7 @@ const [server, workflowPath, out, steps = "40", size = "256"] = process.argv.sli
 const { browser, page, shot } = await openPage(out);
 const summary = { midRun: [] };
 
-await page.goto(server, { waitUntil: "load" });
-await page.waitForFunction(() => window.app?.graph && window.LiteGraph, null, { timeout: 120000 });
-await page.waitForTimeout(3000);
-await page.keyboard.press("Escape");
+await openComfyUI(page, server);
 
 const workflow = JSON.parse(fs.readFileSync(workflowPath, "utf8"));
 for (const node of workflow.nodes) {
@@ -24,10 +21,7 @@ for (const node of workflow.nodes) {
     node.widgets_values[6] = node.widgets_values[7] = Number(size);
   }
 }
-const idle = async () => {
-  const q = await (await fetch(`${server}/queue`)).json();
-  return q.queue_running.length === 0 && q.queue_pending.length === 0;
-};
+const idle = () => queueIdle(server);
 async function focusSampler() {
   await page.evaluate(() => {
     const node = window.app.graph._nodes.find((n) => n.type === "LumiXSampler");

@@ -3,7 +3,7 @@
 // click: the missing-models dialog it raises on a server without the FLUX files, and the canvas fitted to
 // the window (plus a scale-1 view of each quarter, to read the Notes).
 //   node check_templates.mjs http://127.0.0.1:8197 OUT
-import { openPage } from "./browser.mjs";
+import { openPage, openComfyUI } from "./browser.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
@@ -11,10 +11,7 @@ const [server, out] = process.argv.slice(2);
 const { browser, page, consoleErrors, shot } = await openPage(out);
 const summary = { templates: {} };
 
-await page.goto(server, { waitUntil: "load" });
-await page.waitForFunction(() => window.app?.graph && window.LiteGraph, null, { timeout: 120000 });
-await page.waitForTimeout(3000);
-await page.keyboard.press("Escape");
+await openComfyUI(page, server);
 const command = (id) => page.evaluate((id) => window.app.extensionManager.command.execute(id), id);
 
 async function openPackSection() {

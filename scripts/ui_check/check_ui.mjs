@@ -4,7 +4,7 @@
 //   node check_ui.mjs http://127.0.0.1:8199 tiny_tools_workflow.json OUT
 // Needs playwright-core (npm) and a system Chromium (CHROMIUM, default /usr/bin/chromium); it never
 // downloads a browser.
-import { openPage } from "./browser.mjs";
+import { openPage, openComfyUI, waitQueueIdle } from "./browser.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
@@ -12,10 +12,7 @@ const [server, workflowPath, out] = process.argv.slice(2);
 const { browser, page, consoleErrors, shot } = await openPage(out);
 const summary = {};
 
-await page.goto(server, { waitUntil: "load" });
-await page.waitForFunction(() => window.app?.graph && window.LiteGraph, null, { timeout: 120000 });
-await page.waitForTimeout(3000);
-await page.keyboard.press("Escape");  // a first-run dialog, if any
+await openComfyUI(page, server);  // Escape: a first-run dialog, if any
 summary.readoutExtensionLoaded = await page.evaluate(
   () => window.app.extensions.some((e) => e.name === "LumiX.Readout"));
 
@@ -49,12 +46,7 @@ const workflow = JSON.parse(fs.readFileSync(workflowPath, "utf8"));
 await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);
 await page.waitForTimeout(1000);
 await page.evaluate(async () => { await window.app.queuePrompt(0, 1); });
-const started = Date.now();
-while (Date.now() - started < 300000) {
-  await page.waitForTimeout(2000);
-  const queue = await (await fetch(`${server}/queue`)).json();
-  if (queue.queue_running.length === 0 && queue.queue_pending.length === 0) break;
-}
+await waitQueueIdle(page, server, 300000);
 await page.waitForTimeout(1500);
 
 // Centre the canvas on a node at scale 1 and screenshot it.

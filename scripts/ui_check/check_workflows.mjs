@@ -3,7 +3,7 @@
 // window before and after the run, the run's outcome (from /history), nodes that overlap and links that
 // run behind a node, measured on the frontend's own node sizes and slot positions after it laid them out.
 //   node check_workflows.mjs http://127.0.0.1:8199 DIR_WITH_TINY_WORKFLOWS OUT
-import { openPage } from "./browser.mjs";
+import { openPage, openComfyUI, queueIdle } from "./browser.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
@@ -11,10 +11,7 @@ const [server, dir, out] = process.argv.slice(2);
 const { browser, page, consoleErrors, shot } = await openPage(out);
 const summary = {};
 
-await page.goto(server, { waitUntil: "load" });
-await page.waitForFunction(() => window.app?.graph && window.LiteGraph, null, { timeout: 120000 });
-await page.waitForTimeout(3000);
-await page.keyboard.press("Escape");
+await openComfyUI(page, server);
 const command = (id) => page.evaluate((id) => window.app.extensionManager.command.execute(id), id);
 
 // Geometry as drawn: node boxes (title bar included) and each link's spline sampled from the frontend's
@@ -54,10 +51,7 @@ const geometry = () => page.evaluate(() => {
   return { nodes: nodes.length, behind: [...new Set(behind)], overlaps, offscreen };
 });
 
-const idle = async () => {
-  const q = await (await fetch(`${server}/queue`)).json();
-  return q.queue_running.length === 0 && q.queue_pending.length === 0;
-};
+const idle = () => queueIdle(server);
 
 for (const file of fs.readdirSync(dir).filter((f) => /^tiny_lumix_.*\.json$/.test(f)).sort()) {
   const name = file.replace(/^tiny_/, "").replace(/\.json$/, "");
