@@ -327,7 +327,8 @@ def test_an_interrupt_raised_anywhere_saves_the_last_finished_step_and_goes_on(t
     assert state["step"] == 3 and all(torch.equal(state["adapters"][k], v) for k, v in adapters.state_dict().items())
     assert [r["step"] for r in records] == [1, 2, 3]  # step 3 logged even when validation was cut short
     assert all(p.grad is None for p in adapters.parameters())  # no half-accumulated gradient survives
-    assert sorted(os.listdir(tmp_path)) == ["run.state.pt"]  # save_every 0: the state alone
+    # save_every 0: the state alone, and the best checkpoint (keep_best; steps 1 and 2 were validated)
+    assert sorted(os.listdir(tmp_path)) == ["run.state.pt", "run_best.safetensors"]
     # an exception that is not an interrupt saves nothing new
     model, adapters, config = setup(steps=6, save_every=0)
     other = Trainer(lambda *a: (_ for _ in ()).throw(KeyError("bug")), adapters, MemoryScenes(4), config,

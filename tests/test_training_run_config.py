@@ -132,8 +132,9 @@ def test_other_sections_refuse_bools_for_numbers_and_non_finite_floats(section, 
     (".hidden", r"starts with '\.'"),
     ("two\nlines", r"control characters \('\\n'\)"),
     ("nul\x00", r"control characters \('\\x00'\)"),
-    ("x" * 230, r"too long: the run writes '\.x+_step1000000\.safetensors\.xxxxxxxx\.part' \(269 bytes\), over this "
-                r"file system's 255-byte limit for a file name; use a name of at most 216 bytes"),
+    # the longest name is the EMA twin of the last step checkpoint (RunFiles checks it whether EMA is on or not)
+    ("x" * 230, r"too long: the run writes '\.x+_step1000000_ema\.safetensors\.xxxxxxxx\.part' \(273 bytes\), over "
+                r"this file system's 255-byte limit for a file name; use a name of at most 212 bytes"),
 ])
 def test_output_names_are_checked_before_anything_runs(tmp_path, name, message):
     with pytest.raises(RunConfigError, match=message):
@@ -142,15 +143,16 @@ def test_output_names_are_checked_before_anything_runs(tmp_path, name, message):
 
 
 def test_the_longest_allowed_name_trains_to_the_last_step_name(tmp_path):
-    """216 bytes is the limit for a 1M-step run: its longest temporary is exactly 255 bytes, and writes."""
-    name = "y" * 216
+    """212 bytes is the limit for a 1M-step run: its longest temporary (the last step's EMA twin) is
+    exactly 255 bytes, and writes."""
+    name = "y" * 212
     cfg = parse_run_config({**MINIMAL, "output": {"dir": str(tmp_path), "name": name}, "train": {"steps": 1000000}})
     files = cfg.files()
-    longest = os.path.join(str(tmp_path), f".{name}_step1000000.safetensors.abcdefgh.part")
+    longest = os.path.join(str(tmp_path), f".{name}_step1000000_ema.safetensors.abcdefgh.part")
     assert len(os.path.basename(longest).encode()) == 255
     open(longest, "w").close()  # the file system takes it
-    assert files.step_checkpoint(1000000).endswith("_step1000000.safetensors")
-    with pytest.raises(RunConfigError, match="at most 216 bytes"):
+    assert files.step_ema(1000000) == os.path.join(str(tmp_path), f"{name}_step1000000_ema.safetensors")
+    with pytest.raises(RunConfigError, match="at most 212 bytes"):
         parse_run_config({**MINIMAL, "output": {"dir": str(tmp_path), "name": name + "y"}, "train": {"steps": 1000000}})
     # with fewer steps the step number is shorter, so a longer name fits (6 digits up to 999999)
     parse_run_config({**MINIMAL, "output": {"dir": str(tmp_path), "name": name + "y"}, "train": {"steps": 999999}})

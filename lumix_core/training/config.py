@@ -17,19 +17,25 @@ from ..checkpoint import MAX_ALPHA, MAX_CHECKPOINT_RANK
 
 TIMESTEP_SAMPLINGS = ("logit_normal", "shifted_uniform")
 OPTIMIZERS = ("adamw", "prodigy")
+LR_SCHEDULES = ("constant", "cosine")
+# validation metrics a best checkpoint can be chosen by (validation.METRIC_KEYS' names) and whether
+# lower values are better
+BEST_METRICS = {"photometric_residual": "lower", "geometric_degrees": "lower", "structural_alignment": "higher"}
+MAX_PREFETCH = 64
 MAX_STEPS = 1_000_000
 
 
 @dataclass(frozen=True)
 class Setting:
     """One training setting: its type (bool, int, float or str), default, allowed values and meaning.
-    Numbers must lie in [low, high] (low excluded when low_open); floats must be finite."""
+    Numbers must lie in [low, high] (low excluded when low_open, high when high_open); floats must be finite."""
     name: str
     kind: type
     default: object
     low: Optional[float] = None
     high: Optional[float] = None
     low_open: bool = False
+    high_open: bool = False
     choices: Optional[tuple] = None
     meaning: str = ""
 
@@ -39,7 +45,8 @@ class Setting:
         what = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string"}[self.kind]
         if self.low is None:
             return what
-        return f"{what} in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}]"
+        return (f"{what} in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
 
     def check(self, value):
         """`value` as this setting's type, or a ValueError that says what is allowed."""
@@ -64,7 +71,8 @@ class Setting:
             value = float(value)
             if not math.isfinite(value):
                 refuse()
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low) or value > self.high):
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low) or value > self.high
+                                      or (self.high_open and value == self.high)):
             refuse()
         return value
 
@@ -86,6 +94,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("learning_rate", float, 1e-4, 1e-8, 10.0, meaning="AdamW: about 1e-4; Prodigy: 1.0"),
     Setting("weight_decay", float, 0.0, 0.0, 10.0, meaning="decoupled weight decay"),
     Setting("warmup_steps", int, 0, 0, MAX_STEPS, meaning="linear learning-rate warm-up"),
+    Setting("lr_schedule", str, "constant", choices=LR_SCHEDULES,
+            meaning="after warm-up: constant, or cosine decay to lr_min_ratio x learning_rate at the last step"),
+    Setting("lr_min_ratio", float, 0.0, 0.0, 1.0, meaning="cosine: the last step's lr as a fraction of learning_rate"),
+    Setting("ema_decay", float, 0.0, 0.0, 1.0, high_open=True,
+            meaning="EMA of the adapters (e.g. 0.999), saved as *_ema.safetensors and used for validation; 0: off"),
     Setting("max_grad_norm", float, 1.0, 0.0, 1e4, meaning="gradient clipping; 0 turns it off"),
     # objective
     Setting("timestep_sampling", str, "logit_normal", choices=TIMESTEP_SAMPLINGS,
@@ -102,9 +115,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("seed", int, 0, 0, 2 ** 62, meaning="data order, crops, noise and timesteps"),
     # model
     Setting("gradient_checkpointing", bool, True, meaning="recompute each block in the backward pass"),
+    Setting("prefetch", int, 1, 0, MAX_PREFETCH,
+            meaning="steps of data read ahead in a background thread (same results); 0: read in the step"),
     # output
     Setting("save_every", int, 500, 0, MAX_STEPS, meaning="checkpoint + state every N steps; 0: only at the end"),
+    Setting("keep_last", int, 3, 0, MAX_STEPS, meaning="keep only the newest N step checkpoints of the run; 0: keep all"),
     Setting("validate_every", int, 0, 0, MAX_STEPS, meaning="validation every N steps; 0: never"),
+    Setting("keep_best", bool, True, meaning="on validation, keep <name>_best.safetensors: the best best_metric so far"),
+    Setting("best_metric", str, "photometric_residual", choices=tuple(BEST_METRICS),
+            meaning="validation metric for keep_best: photometric_residual and geometric_degrees lower, "
+                    "structural_alignment higher is better"),
     Setting("log_every", int, 1, 1, MAX_STEPS, meaning="steps between log records"),
 )
 SETTING = {s.name: s for s in SETTINGS}
@@ -122,6 +142,9 @@ class TrainConfig:
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    lr_min_ratio: float = 0.0
+    ema_decay: float = 0.0
     max_grad_norm: float = 1.0
     timestep_sampling: str = "logit_normal"
     logit_mean: float = 0.0
@@ -133,8 +156,12 @@ class TrainConfig:
     flip: bool = False
     seed: int = 0
     gradient_checkpointing: bool = True
+    prefetch: int = 1
     save_every: int = 500
+    keep_last: int = 3
     validate_every: int = 0
+    keep_best: bool = True
+    best_metric: str = "photometric_residual"
     log_every: int = 1
 
     def __post_init__(self):

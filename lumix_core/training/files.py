@@ -89,11 +89,15 @@ def check_folder(folder: str, what: str = "output folder") -> None:
         probe = parent
 
 
+_STEP_DIGITS = r"(\d{6,7})"  # step{N:06d}, up to MAX_STEPS
+
+
 @dataclass(frozen=True)
 class RunFiles:
-    """Every file one training run writes: in `folder` the step checkpoints <name>_stepNNNNNN.safetensors,
+    """Every file one training run writes: in `folder` the step checkpoints <name>_stepNNNNNN.safetensors
+    and their EMA twins <name>_stepNNNNNN_ema.safetensors, the best checkpoint <name>_best.safetensors,
     the resumable <name>.state.pt, log.jsonl and plot.png; the final checkpoint at `final` (by default
-    <folder>/<name>.safetensors)."""
+    <folder>/<name>.safetensors) and its EMA twin <name>_ema.safetensors in the final checkpoint's folder."""
     folder: str
     name: str
     final_path: str = ""
@@ -115,12 +119,24 @@ class RunFiles:
     def plot(self) -> str:
         return os.path.join(self.folder, PLOT_NAME)
 
+    @property
+    def final_ema(self) -> str:
+        return os.path.join(os.path.dirname(self.final_path), f"{self.name}_ema.safetensors")
+
+    @property
+    def best(self) -> str:
+        return os.path.join(self.folder, f"{self.name}_best.safetensors")
+
     def step_checkpoint(self, step: int) -> str:
         return os.path.join(self.folder, f"{self.name}_step{step:06d}.safetensors")
 
+    def step_ema(self, step: int) -> str:
+        return os.path.join(self.folder, f"{self.name}_step{step:06d}_ema.safetensors")
+
     def paths(self, steps: int = MAX_STEPS) -> list[str]:
-        """Every path the run may write, with the longest step checkpoint name of a run of `steps`."""
-        return [self.final_path, self.state, self.log, self.plot, self.step_checkpoint(steps)]
+        """Every path the run may write, with the longest step checkpoint names of a run of `steps`."""
+        return [self.final_path, self.final_ema, self.state, self.log, self.plot, self.best,
+                self.step_checkpoint(steps), self.step_ema(steps)]
 
     def check(self, steps: int = MAX_STEPS) -> None:
         """Before the first step: every folder can be created, and every name the run writes, its
@@ -153,12 +169,48 @@ class RunFiles:
 
     def existing(self) -> list[str]:
         """This run's checkpoints and state already on disk (a previous run of the same name)."""
-        found = [p for p in (self.final_path, self.state) if os.path.exists(p)]
-        pattern = os.path.join(glob.escape(self.folder), glob.escape(f"{self.name}_step") + "[0-9]*.safetensors")
-        return found + sorted(p for p in glob.glob(pattern) if self._is_step_checkpoint(os.path.basename(p)))
+        found = [p for p in (self.final_path, self.final_ema, self.state, self.best) if os.path.exists(p)]
+        steps = self.step_checkpoints()
+        return found + [p for step in sorted(steps) for p in steps[step]]
 
-    def _is_step_checkpoint(self, file_name: str) -> bool:
-        return re.fullmatch(re.escape(f"{self.name}_step") + r"\d{6,7}\.safetensors", file_name) is not None
+    def step_of(self, file_name: str) -> tuple[int, bool] | None:
+        """(step, is_ema) when `file_name` is one of this run's step checkpoints (or its EMA twin), else None."""
+        m = re.fullmatch(re.escape(f"{self.name}_step") + _STEP_DIGITS + r"(_ema)?\.safetensors", file_name)
+        return (int(m.group(1)), m.group(2) is not None) if m else None
+
+    def is_step_checkpoint(self, file_name: str) -> bool:
+        """A raw step checkpoint of this run (not its EMA twin, not the best or final file)."""
+        found = self.step_of(file_name)
+        return found is not None and not found[1]
+
+    def step_checkpoints(self) -> dict[int, list[str]]:
+        """step -> [raw, EMA twin] paths of this run's step checkpoints on disk (those that exist)."""
+        out: dict[int, list[str]] = {}
+        if not os.path.isdir(self.folder):
+            return out
+        for entry in sorted(os.listdir(self.folder)):
+            found = self.step_of(entry)
+            path = os.path.join(self.folder, entry)
+            if found is not None and os.path.isfile(path):
+                out.setdefault(found[0], []).append(path)
+        return {step: sorted(paths, key=lambda p: p.endswith("_ema.safetensors")) for step, paths in out.items()}
+
+    def prune_step_checkpoints(self, keep: int, up_to: int) -> list[str]:
+        """Delete this run's step checkpoints (with their EMA twins) of steps <= `up_to` except the
+        newest `keep` of them; keep = 0 keeps all. Later steps (an abandoned branch of a resumed run),
+        the final and best checkpoints and the state are never touched. Returns what was removed."""
+        if keep <= 0:
+            return []
+        steps = sorted(s for s in self.step_checkpoints().items() if s[0] <= up_to)
+        removed = []
+        for _, paths in steps[:-keep]:
+            for path in paths:
+                try:
+                    os.unlink(path)
+                    removed.append(path)
+                except FileNotFoundError:  # removed meanwhile (another session of the run)
+                    pass
+        return removed
 
     def remove_stale_temporaries(self) -> list[str]:
         """Remove the temporaries a killed run of this name left (.<final name>.XXXXXXXX.part, exactly
@@ -179,10 +231,10 @@ class RunFiles:
     def _finals_by_folder(self) -> dict[str, list[str]]:
         """folder -> regexes of the final file names this run writes there."""
         out: dict[str, list[str]] = {}
-        for path in (self.final_path, self.state, self.log, self.plot):
+        for path in (self.final_path, self.final_ema, self.state, self.log, self.plot, self.best):
             folder, final = os.path.split(path)
             out.setdefault(folder, []).append(re.escape(final))
-        out.setdefault(self.folder, []).append(re.escape(f"{self.name}_step") + r"\d{6,7}\.safetensors")
+        out.setdefault(self.folder, []).append(re.escape(f"{self.name}_step") + r"\d{6,7}(?:_ema)?\.safetensors")
         return out
 
 

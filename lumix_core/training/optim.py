@@ -1,6 +1,8 @@
 """Optimisers for the adapters: AdamW (torch) or Prodigy (the paper's, from the optional prodigyopt
-package), with a linear learning-rate warm-up."""
+package), with a linear learning-rate warm-up, then a constant or cosine-decaying learning rate."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -40,8 +42,25 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps)
 
 
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier for optimisation step `step` (0-based; the update that completes step
+    n = step + 1 of config.steps). Warm-up: n / warmup_steps while n <= warmup_steps. Then "constant":
+    1; "cosine": from 1 at the end of warm-up (n = warmup_steps) to lr_min_ratio at the last step
+    (n = steps), m + (1 - m) (1 + cos(pi p)) / 2 with p = (n - warmup_steps) / (steps - warmup_steps).
+    A run that is all warm-up (steps <= warmup_steps) never decays. A pure function of (step, config):
+    a resumed run uses the same learning rates."""
+    n, warm = step + 1, config.warmup_steps
+    if n <= warm:
+        return n / warm
+    if config.lr_schedule == "constant" or config.steps <= warm:
+        return 1.0
+    p = min(1.0, (n - warm) / (config.steps - warm))
+    m = config.lr_min_ratio
+    return m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> float:
-    lr = config.learning_rate * warmup_factor(step, config.warmup_steps)
+    lr = config.learning_rate * lr_factor(step, config)
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr

@@ -94,7 +94,36 @@ def check_training_state(state: dict, *, hidden_size: int, double_blocks: int, s
         _need(bool(torch.isfinite(t).all()), f"{source}: {key} holds NaN or infinite values; the run diverged before "
                                              "it was saved. Resume from an earlier run or start a new one")
     _check_optimizer(state["optimizer"], list(expected.values()), source)
+    _check_ema(state.get("ema"), expected, source, fix)
+    _check_best(state.get("best"), source)
     return dict(shape)
+
+
+def _check_ema(ema, expected: dict, source: str, fix: str) -> None:
+    """The optional EMA of the adapters (absent in states written before EMA existed, or with it off)."""
+    if ema is None:
+        return
+    _need(isinstance(ema, dict) and isinstance(ema.get("tensors"), dict) and isinstance(ema.get("updates"), int)
+          and not isinstance(ema.get("updates"), bool) and ema["updates"] >= 0,
+          f"{source} has a malformed EMA entry; the file is damaged")
+    tensors = ema["tensors"]
+    _need(set(tensors) == set(expected), f"{source}: its EMA does not cover this model's adapters; {fix}")
+    for key, size in expected.items():
+        t = tensors[key]
+        _need(isinstance(t, torch.Tensor) and tuple(t.shape) == size and t.dtype == torch.float32,
+              f"{source}: EMA tensor {key} has shape {tuple(getattr(t, 'shape', ()))}, this model needs {size}; {fix}")
+        _need(bool(torch.isfinite(t).all()), f"{source}: EMA tensor {key} holds NaN or infinite values; the file is "
+                                             "damaged")
+
+
+def _check_best(best, source: str) -> None:
+    """The optional best validation value so far ({"metric", "value", "step"})."""
+    if best is None:
+        return
+    _need(isinstance(best, dict) and isinstance(best.get("metric"), str)
+          and isinstance(best.get("value"), float) and math.isfinite(best["value"])
+          and isinstance(best.get("step"), int) and not isinstance(best.get("step"), bool),
+          f"{source} has a malformed best-checkpoint entry; the file is damaged")
 
 
 def _check_optimizer(optimizer: dict, shapes: list[tuple[int, ...]], source: str) -> None:

@@ -14,11 +14,13 @@ from typing import Callable, Optional, Protocol
 import torch
 
 from .adapters import LumiXAdapters
-from .config import TrainConfig
+from .config import BEST_METRICS, TrainConfig
+from .ema import AdapterEMA
 from .files import STATE_FORMAT, STATE_VERSION, RunFiles, write_lora_checkpoint, write_training_state
 from .objective import Denoiser, LossResult, TrainingExample, flow_matching_loss, make_flow_batch
 from .optim import build_optimizer, set_learning_rate
 from .order import DataOrder, derived_seed
+from .prefetch import Prefetcher
 from .resume import check_training_state
 
 # Streams derived from (seed, step, position, stream): independent of rank, batch split and resume.
@@ -74,8 +76,12 @@ class Trainer:
     through it so that it syncs gradients. is_main gates every file write (checkpoints, state, logs).
     output_dir/name: where `<name>_step<N>.safetensors`, `<name>.safetensors` (final) and
     `<name>.state.pt` go (final_checkpoint: another path for the final file); see files.RunFiles.
+    With config.ema_decay > 0 every checkpoint gets an `_ema` twin (the main rank keeps the EMA);
+    config.keep_last prunes older step checkpoints; config.keep_best keeps `<name>_best.safetensors`.
     log: optional callable(record dict), called on the main rank only.
-    validate: optional callable(step) -> dict of metrics, called on the main rank every validate_every.
+    validate: optional callable(step) -> dict of metrics, called on the main rank every validate_every,
+    with the EMA weights swapped into the adapters when EMA is on.
+    notes: what the user should be told (e.g. a resumed state without EMA); the host shows them.
     """
 
     def __init__(self, denoiser: Denoiser, adapters: LumiXAdapters, data: SceneSource, config: TrainConfig, *,
@@ -102,6 +108,11 @@ class Trainer:
         self.order = DataOrder(len(data), config.batch_size, config.seed, rank, world_size, config.grad_accumulation)
         self.optimizer = build_optimizer(adapters.parameters(), config)
         self.step = 0  # optimisation steps done
+        # the EMA only where it is used (validation, files): the main rank; replicas are equal anyway
+        self.ema = AdapterEMA(adapters, config.ema_decay) if config.ema_decay > 0 and self.is_main else None
+        self.best: Optional[dict] = None  # {"metric", "value", "step"} of <name>_best.safetensors
+        self.notes: list[str] = []
+        self._prefetcher: Optional[Prefetcher] = None  # set while run() prepares data ahead
 
     # -- one optimisation step, in two halves ------------------------------------------------------
     def examples_for(self, step: int, assignments) -> tuple[list[TrainingExample], list[torch.Generator]]:
@@ -113,9 +124,15 @@ class Trainer:
             generators.append(torch.Generator().manual_seed(derived_seed(cfg.seed, step, a.position, NOISE_STREAM)))
         return examples, generators
 
-    def compute_loss(self, step: int, assignments) -> LossResult:
-        """Forward pass of one micro-batch (through the DDP wrapper when there is one)."""
-        examples, generators = self.examples_for(step, assignments)
+    def _prepare_micro_batch(self, key: tuple[int, int]):
+        """The prefetch thread's work: the examples of micro-step m of `step` (reads and crops only)."""
+        step, m = key
+        return self.examples_for(step, self.order.micro_batches(step)[m])
+
+    def compute_loss(self, step: int, assignments, prepared=None) -> LossResult:
+        """Forward pass of one micro-batch (through the DDP wrapper when there is one). `prepared`:
+        examples_for(step, assignments) made ahead (by the prefetch thread)."""
+        examples, generators = prepared if prepared is not None else self.examples_for(step, assignments)
         batch = make_flow_batch(examples, generators, self.config, self.device, self.compute_dtype)
         return self.module(flow_matching_loss, self.denoiser, batch, self.data.num_maps)
 
@@ -126,8 +143,9 @@ class Trainer:
         for m, assignments in enumerate(micro):
             last = m == len(micro) - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.module, "no_sync") else self.module.no_sync()
+            prepared = self._prefetcher.take((self.step, m)) if self._prefetcher is not None else None
             with sync:
-                result = self.compute_loss(self.step, assignments)
+                result = self.compute_loss(self.step, assignments, prepared)
                 (result.loss / len(micro)).backward()
             total += result.loss.item() / len(micro)
             per_map.append(result.per_map)
@@ -148,6 +166,8 @@ class Trainer:
         lr = set_learning_rate(self.optimizer, self.config, self.step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.adapters)
         self.step += 1
         return lr, norm
 
@@ -169,6 +189,20 @@ class Trainer:
         saved (self.interrupted says what), and the exception goes on (the host marks the run cancelled)."""
         cfg = self.config
         until = cfg.steps if until is None else until
+        prefetcher = None
+        if cfg.prefetch and self.step < until:  # micro-steps (step, m) in the order the loop takes them
+            keys = ((s, m) for s in range(self.step, until) for m in range(cfg.grad_accumulation))
+            prefetcher = Prefetcher(self._prepare_micro_batch, keys, cfg.prefetch * cfg.grad_accumulation)
+        self._prefetcher = prefetcher
+        try:
+            return self._run(until, on_step, should_stop, interrupts)
+        finally:  # every exit path: the end, TrainingStopped, an interrupt, an error
+            self._prefetcher = None
+            if prefetcher is not None:
+                prefetcher.close()
+
+    def _run(self, until, on_step, should_stop, interrupts) -> list[StepMetrics]:
+        cfg = self.config
         history = []
         where = "step"
         pending: Optional[StepMetrics] = None  # a finished step whose log record is not written yet
@@ -183,7 +217,7 @@ class Trainer:
                 pending = metrics
                 if self.validate is not None and self.is_main and cfg.validate_every and self.step % cfg.validate_every == 0:
                     where = "validation"
-                    metrics.extra["validation"] = self.validate(self.step)
+                    metrics.extra["validation"] = self.run_validation()
                 self._log(metrics)
                 pending = None
                 history.append(metrics)
@@ -205,9 +239,37 @@ class Trainer:
             self.interrupted = Interrupted(self.step, path if self.is_main else None, where)
             raise
         final = self.checkpoint_path(final=True)
-        if self.step == cfg.steps and self.is_main and final is not None and not os.path.exists(final):
+        if self.step == cfg.steps and self.is_main and final is not None and not all(
+                os.path.exists(p) for p in (final, self.ema_path(final)) if p is not None):
             self.save_checkpoint(final=True)  # the last step was interrupted before its final save
         return history
+
+    def run_validation(self) -> dict:
+        """validate(step) on the EMA weights when EMA is on (the raw weights are restored exactly
+        afterwards, also on an exception); then the best checkpoint when keep_best."""
+        weights = self.ema.swapped_in(self.adapters) if self.ema is not None else contextlib.nullcontext()
+        with weights:
+            result = self.validate(self.step)
+            if self.config.keep_best:
+                self._keep_best(result)
+        return result
+
+    def _keep_best(self, result) -> None:
+        cfg = self.config
+        value = result.get(cfg.best_metric) if isinstance(result, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return  # a missing or NaN metric never wins
+        value = float(value)
+        if self.best is not None and self.best["metric"] == cfg.best_metric:
+            lower = BEST_METRICS[cfg.best_metric] == "lower"
+            if not (value < self.best["value"] if lower else value > self.best["value"]):
+                return
+        if self.files is not None:  # the adapters hold the EMA weights here when EMA is on
+            write_lora_checkpoint(self.files.best, self.adapters, cfg, self.step, {
+                "best_metric": cfg.best_metric, "best_value": repr(value), "best_step": self.step,
+                "best_better": BEST_METRICS[cfg.best_metric],
+                "weights": "ema" if self.ema is not None else "raw", **self._ema_metadata()})
+        self.best = {"metric": cfg.best_metric, "value": value, "step": self.step}
 
     def _log(self, metrics: StepMetrics, force: bool = False) -> None:
         if self.is_main and self.log is not None and (
@@ -222,14 +284,38 @@ class Trainer:
             return None
         return self.files.final_path if final else self.files.step_checkpoint(self.step)
 
+    def ema_path(self, checkpoint: str) -> Optional[str]:
+        """The EMA twin of a checkpoint path (None when EMA is off): <name>_ema.safetensors beside the
+        final checkpoint, <name>_step<N>_ema.safetensors beside a step checkpoint."""
+        if self.ema is None:
+            return None
+        if self.files is not None and checkpoint == self.files.step_checkpoint(self.step):
+            return self.files.step_ema(self.step)
+        return os.path.join(os.path.dirname(checkpoint), f"{self.name}_ema.safetensors")
+
+    def _ema_metadata(self) -> dict:
+        if self.ema is None:
+            return {}
+        return {"ema_decay": repr(self.ema.decay), "ema_updates": self.ema.updates,
+                "ema_decay_warmup": "min(ema_decay, (1 + n) / (10 + n)) at update n"}
+
     def state_path(self) -> Optional[str]:
         return None if self.files is None else self.files.state
 
     def save_checkpoint(self, final: bool = False) -> Optional[str]:
+        """The adapters (and their EMA twin when EMA is on); after a step checkpoint, the run's older
+        step checkpoints beyond the newest keep_last are removed."""
         path = self.checkpoint_path(final)
         if not self.is_main or path is None:
             return None
-        return write_lora_checkpoint(path, self.adapters, self.config, self.step)
+        write_lora_checkpoint(path, self.adapters, self.config, self.step, {"weights": "raw"})
+        if self.ema is not None:
+            with self.ema.swapped_in(self.adapters):
+                write_lora_checkpoint(self.ema_path(path), self.adapters, self.config, self.step,
+                                      {"weights": "ema", **self._ema_metadata()})
+        if not final and self.files is not None:
+            self.files.prune_step_checkpoints(self.config.keep_last, self.step)
+        return path
 
     def save_state(self) -> Optional[str]:
         path = self.state_path()
@@ -250,6 +336,7 @@ class Trainer:
                 "adapters": {k: v.detach().cpu().clone() for k, v in self.adapters.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "config": self.config.to_dict(),
                 "data": {"num_scenes": len(self.data), "next_step": self.step}, "rng": rng,
+                "ema": self.ema.state_dict() if self.ema is not None else None, "best": self.best,
                 "shape": {"num_maps": self.adapters.num_maps, "rank": self.adapters.rank,
                           "hidden_size": self.adapters.hidden_size, "alpha": self.adapters.alpha}}
 
@@ -274,6 +361,27 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.saved_state_step = self.step
+        self._load_ema_and_best(state)
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _load_ema_and_best(self, state: dict) -> None:
+        cfg, saved_ema, best = self.config, state.get("ema"), state.get("best")
+        if self.ema is not None:
+            if saved_ema is None:  # a state from before EMA existed, or saved with ema_decay 0
+                self.ema = AdapterEMA(self.adapters, cfg.ema_decay)
+                self.notes.append(f"the training state has no EMA of the adapters (saved with ema_decay 0 or by an "
+                                  f"older version): the EMA starts from the resumed weights at step {self.step}")
+            else:
+                self.ema.load_state_dict(saved_ema)
+        elif saved_ema is not None and self.is_main:
+            self.notes.append("the training state holds an EMA of the adapters, but ema_decay is 0 now: it is dropped "
+                              "and no *_ema files are written")
+        self.best = None
+        if best is not None and best.get("metric") == cfg.best_metric:
+            self.best = dict(best)
+        elif best is not None and self.is_main:
+            self.notes.append(f"the best checkpoint so far was chosen by {best.get('metric')}; this run compares "
+                              f"{cfg.best_metric}, starting afresh (the next validation overwrites "
+                              f"{self.name}_best.safetensors)")

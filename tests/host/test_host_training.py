@@ -189,9 +189,10 @@ def test_trainer_node_refuses_bad_requests(dataset, lumix_dir):
         with pytest.raises(ValueError, match=r"LumiX Trainer: output_name: .*" + message):
             train(comfy_loaded_flux(), data, bad)
     # 218-246 bytes passed every check before and failed at the first save ('File name too long'): now
-    # refused before any step, naming the longest file the run would write and the longest name that fits
-    with pytest.raises(ValueError, match=r"is too long: the run writes '\.x+_step000006\.safetensors\.xxxxxxxx\.part' "
-                                         r"\(256 bytes\), over this file system's 255-byte limit .* at most 217 bytes"):
+    # refused before any step, naming the longest file the run would write (the last step's EMA twin)
+    # and the longest name that fits
+    with pytest.raises(ValueError, match=r"is too long: the run writes '\.x+_step000006_ema\.safetensors\.xxxxxxxx\.part' "
+                                         r"\(260 bytes\), over this file system's 255-byte limit .* at most 213 bytes"):
         train(comfy_loaded_flux(), data, "x" * 218)
     assert sorted(os.listdir(lumix_dir)) == ["taken.safetensors"]  # nothing was written by any of them
     with pytest.raises(ValueError, match="LumiX needs a MODEL"):
