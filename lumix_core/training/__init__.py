@@ -18,12 +18,21 @@ API note for the distributed (torchrun) trainer -- these names are stable:
 * ``Trainer`` (trainer.py): ``Trainer(denoiser, adapters, data, config, rank=, world_size=,
   is_main=, ddp_module=, device=, output_dir=, name=, log=, validate=)``; ``compute_loss`` (forward),
   ``accumulate_gradients`` (forward+backward of all micro-steps, ``no_sync`` on all but the last
-  when the module has it), ``optimizer_step`` (clip, warm-up, step), ``train_step``, ``run``;
-  ``state_dict``/``load_state_dict`` (resume); ``save_checkpoint``/``save_state`` write only when
-  ``is_main``, atomically (files.py). ``run(interrupts=(...))``: those exceptions (ComfyUI's Cancel)
-  save the last finished step's state wherever raised, set ``trainer.interrupted``, and go on.
-* ``RunFiles`` (files.py): every file a run writes; ``check`` (names, temporaries included, and
-  folders, before the first step), ``existing``, ``remove_stale_temporaries``.
+  when the module has it), ``optimizer_step`` (clip, lr schedule, step, EMA update), ``train_step``,
+  ``run``; ``state_dict``/``load_state_dict`` (resume, EMA and best value included);
+  ``save_checkpoint``/``save_state`` write only when ``is_main``, atomically (files.py).
+  ``run(interrupts=(...))``: those exceptions (ComfyUI's Cancel) save the last finished step's state
+  wherever raised, set ``trainer.interrupted``, and go on. ``trainer.notes``: messages for the user
+  (e.g. a resumed state without EMA); the host shows them.
+* Options (config.py): ``lr_schedule``/``lr_min_ratio`` (``lr_factor``, optim.py: linear warm-up, then
+  constant or cosine); ``ema_decay`` (``AdapterEMA``, ema.py: main rank only, float32, decay warm-up
+  min(decay, (1+n)/(10+n)), ``swapped_in`` for validation and the ``*_ema`` files); ``keep_last``
+  (older step checkpoints pruned); ``keep_best``/``best_metric`` (``<name>_best.safetensors``);
+  ``prefetch`` (``Prefetcher``, prefetch.py: examples of the next steps read in one background thread,
+  bit-identical results, errors raised at the step that needs the data, the thread joined on every exit).
+* ``RunFiles`` (files.py): every file a run writes (EMA twins and the best checkpoint included);
+  ``check`` (names, temporaries included, and folders, before the first step), ``existing``,
+  ``remove_stale_temporaries``, ``step_checkpoints``/``prune_step_checkpoints``.
 * ``read_training_state(path)`` (files.py) for ``--resume``, then ``check_training_state`` (resume.py)
   against the model and dataset before anything is allocated from it.
 * Data (data.py, cache.py): ``scan_dataset(root, confine=, label=)`` -> ``DatasetScan`` (both layouts, skip
@@ -39,13 +48,15 @@ API note for the distributed (torchrun) trainer -- these names are stable:
 """
 from .adapters import LumiXAdapters
 from .cache import CacheError, CachedScene, EncodedDataset, encode_dataset, latent_key, text_key
-from .config import OPTIMIZERS, TIMESTEP_SAMPLINGS, TrainConfig
+from .config import BEST_METRICS, LR_SCHEDULES, OPTIMIZERS, TIMESTEP_SAMPLINGS, TrainConfig
+from .ema import AdapterEMA, ema_decay_at
 from .data import DatasetError, DatasetScan, SceneFiles, flip_scene_images, load_scene_images, scan_dataset
 from .config import SETTINGS, Setting
 from .files import RunFiles, atomic_write, read_training_state, write_lora_checkpoint, write_training_state
 from .resume import StateError, check_training_state
 from .objective import FlowBatch, LossResult, TrainingExample, flow_matching_loss, make_flow_batch
-from .optim import PRODIGY_MISSING, build_optimizer, prodigy_available, warmup_factor
+from .optim import PRODIGY_MISSING, build_optimizer, lr_factor, prodigy_available, warmup_factor
+from .prefetch import Prefetcher
 from .order import Assignment, DataOrder, derived_seed
 from .timesteps import sample_held_maps, sample_map_timesteps, shifted_schedule
 from .trainer import Interrupted, SceneSource, StepMetrics, Trainer, TrainingStopped
@@ -57,5 +68,6 @@ __all__ = [
     "TrainingStopped", "atomic_write", "build_optimizer", "derived_seed", "flow_matching_loss", "make_flow_batch",
     "prodigy_available", "read_training_state", "sample_held_maps", "sample_map_timesteps", "shifted_schedule",
     "warmup_factor", "write_lora_checkpoint", "write_training_state", "SETTINGS", "Setting", "RunFiles", "StateError",
-    "check_training_state", "Interrupted",
+    "check_training_state", "Interrupted", "AdapterEMA", "ema_decay_at", "BEST_METRICS", "LR_SCHEDULES", "lr_factor",
+    "Prefetcher",
 ]
