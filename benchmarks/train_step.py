@@ -22,8 +22,17 @@ Every measurement runs in a fresh child process (so peak memory is its own), cas
 medians of --repeats. CPU peak memory: the resident set's high-water mark (VmHWM) reset just
 before the step; CUDA: torch.cuda.max_memory_allocated.
 
+--prefetch-io: the data side instead. The whole Trainer (its `prefetch` setting 0 against 1) trains a
+narrow FLUX (--io-hidden, 1 double + 1 single block) on an on-disk latent cache of realistic size
+(per scene [5, 16, 128, 128] float32 latents, i.e. 1024-pixel maps, randomly cropped to --io-size, and a
+512 x 4096 T5 context: 13.6 MB), so that reading the cache is a visible share of a step. Cold: the cache files are evicted from the
+page cache (posix_fadvise DONTNEED) before each measured run; warm: they are read once first. Runs
+interleaved (cold/warm x prefetch 0/1), each reading --io-steps different scenes; per run the mean
+time of steps 2.. (step 1 reads with nothing to overlap); medians over --repeats; ratio prefetch/none.
+
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/train_step.py            # CPU: a FLUX-width sliver
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/train_step.py --full     # GPU: 19+38 blocks, 512x512
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/train_step.py --prefetch-io --repeats 5
 """
 from __future__ import annotations
 
@@ -210,6 +219,114 @@ def child(o):
     print(json.dumps({"case": o.case, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_bytes": peak}))
 
 
+def _io_cache(folder, scenes, resolution, torch):
+    """An EncodedDataset of `scenes` realistic-size cache files (written once, synced to disk)."""
+    from safetensors.torch import save_file
+    from lumix_ext.lumix_core.training import CachedScene, EncodedDataset
+    os.makedirs(folder, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    cached, paths = [], []
+    for i in range(scenes):
+        lat, txt = os.path.join(folder, f"latents_{i}.safetensors"), os.path.join(folder, f"text_{i}.safetensors")
+        save_file({"latents": torch.randn(5, 16, 128, 128, generator=g)}, lat)
+        save_file({"context": torch.randn(512, 4096, generator=g), "pooled": torch.randn(768, generator=g)}, txt)
+        cached.append(CachedScene(f"scene{i}", lat, txt, (128, 128)))
+        paths += [lat, txt]
+    for path in paths:  # dirty pages cannot be evicted: the bytes reach the disk first
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    data = EncodedDataset(cached, cached[0].text, resolution, False, 5, cache_dir=folder, cache_label="bench", channels=16,
+                          text_dims={"context": 4096, "pooled": 768})
+    return data, paths
+
+
+def _evict(paths):
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _read_all(paths) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    return time.perf_counter() - start
+
+
+def prefetch_io(o):
+    """Step time of the Trainer with prefetch 0 and 1, from a cold and a warm page cache, in one run."""
+    import shutil
+    import tempfile
+    _comfy(o.comfyui)
+    import torch
+    tm = _extension()
+    from lumix_ext.lumix_core.training import LumiXAdapters, TrainConfig, Trainer
+    o.hidden, o.heads, o.double, o.single = o.io_hidden, max(1, o.io_hidden // 64), 1, 1
+    o.dtype = "float32"
+    model = build_flux(o, torch)
+    device = model.load_device
+    dm = model.model.diffusion_model
+    dm.requires_grad_(False)
+    folder = tempfile.mkdtemp(prefix="lumix_prefetch_bench_", dir=o.io_dir)
+    try:
+        data, paths = _io_cache(folder, o.io_scenes, o.io_size, torch)
+        size = sum(os.path.getsize(p) for p in paths)
+        _evict(paths)
+        cold_read = _read_all(paths)
+        warm_read = _read_all(paths)
+        print(f"cache: {o.io_scenes} scenes, {size / 2**20:.0f} MiB; reading it all: cold {size / 2**20 / cold_read:.0f} "
+              f"MiB/s, warm {size / 2**20 / warm_read:.0f} MiB/s"
+              + (" (cold as fast as warm: the eviction had no effect, e.g. tmpfs; pass --io-dir on a disk)"
+                 if cold_read < 1.4 * warm_read else ""))
+        data = data.with_latent_transform(model.model.process_latent_in)
+        # what one step's data costs on the main thread (read, check, crop): the most prefetch can hide
+        probe = TrainConfig(batch_size=1, resolution=o.io_size)
+        load = {"cold": [], "warm": []}
+        for i in range(o.io_scenes):
+            for cache in ("cold", "warm"):
+                if cache == "cold":
+                    _evict(paths)
+                start = time.perf_counter()
+                data.example(i, torch.Generator().manual_seed(i), probe)
+                load[cache].append(time.perf_counter() - start)
+        print(f"one scene's data on the main thread: cold {statistics.median(load['cold']) * 1e3:.0f} ms, "
+              f"warm {statistics.median(load['warm']) * 1e3:.0f} ms (medians of {o.io_scenes})")
+        results = {(cache, p): [] for cache in ("cold", "warm") for p in (0, 1)}
+        for r in range(o.repeats):
+            for cache, p in (("cold", 0), ("cold", 1), ("warm", 0), ("warm", 1)) if r % 2 == 0 else \
+                    (("warm", 1), ("warm", 0), ("cold", 1), ("cold", 0)):  # interleaved, order alternating
+                config = TrainConfig(steps=o.io_steps, batch_size=1, resolution=o.io_size, rank=8, save_every=0,
+                                     seed=r, prefetch=p, gradient_checkpointing=True)
+                adapters = LumiXAdapters(dm.hidden_size, 1, 1, rank=8, device=device)
+                trainer = Trainer(tm.make_denoiser(tm.training_model(model, adapters, True)), adapters, data, config,
+                                  device=device)
+                if cache == "cold":
+                    _evict(paths)
+                else:
+                    _read_all(paths)
+                stamps = []
+                trainer.run(on_step=lambda m: stamps.append(time.perf_counter()))
+                results[(cache, p)].append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
+        print(f"prefetch-io: width {o.hidden}, 1 double + 1 single block, {o.io_size}x{o.io_size} crops, {device}, torch threads "
+              f"{torch.get_num_threads()}, {os.cpu_count()} CPUs; {o.io_steps} steps a run (mean of steps 2..), "
+              f"medians of {o.repeats}")
+        print(f"{'cache':6s} {'prefetch 0 s/step':>18s} {'prefetch 1 s/step':>18s} {'ratio 1/0':>10s}")
+        for cache in ("cold", "warm"):
+            t0 = statistics.median(results[(cache, 0)])
+            t1 = statistics.median(results[(cache, 1)])
+            print(f"{cache:6s} {t0:18.3f} {t1:18.3f} {t1 / t0:10.2f}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (or COMFYUI_PATH)")
@@ -225,9 +342,19 @@ def main():
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--profile", metavar="CASE", help="print a torch.profiler table of one step of CASE instead")
+    p.add_argument("--prefetch-io", action="store_true", help="data loading: the Trainer's prefetch 0 vs 1, cold/warm")
+    p.add_argument("--io-hidden", type=int, default=64, help="--prefetch-io: FLUX width (64 per head)")
+    p.add_argument("--io-size", type=int, default=256, help="--prefetch-io: crop side in pixels (files: 1024)")
+    p.add_argument("--io-scenes", type=int, default=16, help="--prefetch-io: scenes in the on-disk cache")
+    p.add_argument("--io-steps", type=int, default=8, help="--prefetch-io: steps a run (at most --io-scenes)")
+    p.add_argument("--io-dir", default=None, help="--prefetch-io: where the cache is written (a disk, not tmpfs)")
     o = p.parse_args()
     if not o.comfyui:
         sys.exit("set COMFYUI_PATH (or --comfyui) to a ComfyUI checkout: the benchmark trains ComfyUI's FLUX")
+    if o.prefetch_io:
+        if not 2 <= o.io_steps <= o.io_scenes:
+            sys.exit("--io-steps must be at least 2 and at most --io-scenes (each step reads a scene not read before)")
+        return prefetch_io(o)
     if o.full:
         o.double, o.single, o.size, o.text, o.dtype = 19, 38, 512, 512, "bfloat16"
     if o.profile:
