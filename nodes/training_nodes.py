@@ -18,12 +18,13 @@ from ..lumix_core.training import (
     OPTIMIZERS, TIMESTEP_SAMPLINGS, DatasetError, TrainConfig, TrainingStopped, encode_dataset, read_training_state,
     scan_dataset,
 )
-from ..lumix_core.training.cache import tokenizer_identity
+from ..lumix_core.training.cache import CACHE_FOLDER
 from ..lumix_core.training.config import SETTING
 from ..lumix_core.training.files import RunFiles
 from ..lumix_core.training.validation import consistency_summary
 from . import categories
-from .dataset_folders import DEFAULT_CACHE, DEFAULT_FOLDER, FolderError, dataset_choices, resolve_cache, resolve_dataset
+from .dataset_cache_keys import caption_identity, encoders_identity, text_encoder
+from .dataset_folders import DEFAULT_FOLDER, FolderError, dataset_choices, resolve_cache, resolve_dataset
 from .flux_model import NotFluxError, flux_diffusion_model
 from .model_nodes import LUMIX_FOLDER, checkpoint_choices, checkpoint_path
 from .sampling_steps import warn_user
@@ -33,58 +34,6 @@ from .training_session import ValidationSpec, build_session
 TrainingData = io.Custom("LUMIX_TRAINING_DATA")
 NO_INIT = "none (train from scratch)"
 VALIDATION_GUIDANCE = 3.5
-
-
-def _fingerprint(obj) -> str:
-    """Identity of an encoder's weights (a few tensors hashed), for the cache keys."""
-    h = hashlib.sha256(type(obj).__name__.encode())
-    module = getattr(obj, "first_stage_model", None) or getattr(obj, "cond_stage_model", None)
-    tensors = list(module.state_dict().values()) if isinstance(module, torch.nn.Module) else \
-        [v for v in vars(obj).values() if isinstance(v, torch.Tensor)]
-    for t in tensors[:2] + tensors[-2:]:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _text_encoder(clip):
-    def encode(text):
-        cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-        return cond[0][0][0], cond[0][1]["pooled_output"][0]
-    return encode
-
-
-def _first_tensor(value, depth=0):
-    if isinstance(value, torch.Tensor):
-        return value
-    if depth < 3 and isinstance(value, (list, tuple)):
-        for item in value:
-            found = _first_tensor(item, depth + 1)
-            if found is not None:
-                return found
-    weights = getattr(value, "weights", None)  # ComfyUI's LoRA adapters
-    return _first_tensor(weights, depth + 1) if weights is not None and depth < 3 else None
-
-
-def _text_identity(clip):
-    """What changes a text embedding besides the caption and the encoder's weights, for the cache keys:
-    the tokens themselves (so the tokenizer options, e.g. T5TokenizerOptions' padding, count), the
-    options, the CLIP layer and the patches (LoRAs) on the text encoder."""
-    h = hashlib.sha256(tokenizer_identity(dict(getattr(clip, "tokenizer_options", None) or {})).encode())
-    h.update(f"|layer={getattr(clip, 'layer_idx', None)}".encode())
-    patches = getattr(getattr(clip, "patcher", None), "patches", None) or {}
-    for key in sorted(patches):
-        h.update(key.encode())
-        for patch in patches[key]:
-            h.update(repr([p for p in patch if isinstance(p, (int, float, str))]).encode())
-            t = _first_tensor(patch[1]) if len(patch) > 1 else None
-            if t is not None:
-                h.update(t.detach().flatten()[:256].float().cpu().numpy().tobytes())
-    base = h.hexdigest()
-
-    def identity(caption: str) -> str:
-        return base + "/" + hashlib.sha256(repr(clip.tokenize(caption)).encode()).hexdigest()
-    return identity
 
 
 class LumiXTrainingDataset(io.ComfyNode):
@@ -137,7 +86,7 @@ class LumiXTrainingDataset(io.ComfyNode):
                 return None
 
         stamp = [(p, mtime(os.path.join(p, f))) for p, _, fs in os.walk(root)
-                 if DEFAULT_CACHE not in p for f in sorted(fs)]
+                 if CACHE_FOLDER not in p for f in sorted(fs)]
         return hashlib.sha256(repr(stamp).encode()).hexdigest()
 
     @classmethod
@@ -151,10 +100,10 @@ class LumiXTrainingDataset(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(len(scan.scenes))
         try:
             with torch.inference_mode(False):
-                dataset = encode_dataset(scan, vae.encode, _text_encoder(clip), cache, resolution, flip,
-                                         encoder_id=f"{_fingerprint(vae)}-{_fingerprint(clip)}",
+                dataset = encode_dataset(scan, vae.encode, text_encoder(clip), cache, resolution, flip,
+                                         encoder_id=encoders_identity(vae, clip),
                                          progress=lambda done, total: pbar.update_absolute(done, total),
-                                         text_identity=_text_identity(clip), cache_label=cache_label)
+                                         text_identity=caption_identity(clip), cache_label=cache_label)
         except ValueError as exc:  # no decodable scene, an encoder that returns NaN or the wrong shape
             raise ValueError(f"LumiX Training Dataset: {exc}") from None
         skipped = "".join(f"\n  skipped {sid}: {why}" for sid, why in dataset.skipped[:20])
@@ -233,9 +182,6 @@ class LumiXTrainer(io.ComfyNode):
                 io.String.Input("output_name", default="lumix_trained", tooltip="File name (no extension) in models/lumix/."),
                 io.Int.Input("steps", **_widget("steps"), tooltip="Optimisation steps (the paper: 10K)."),
                 io.Int.Input("rank", **_widget("rank"), tooltip="Tensor LoRA rank R (the paper: 8). Ignored with init_from."),
-                io.Float.Input("alpha", **_widget("alpha"), step=0.1, round=False,
-                               tooltip="Adapter scale alpha / sqrt(R) (the released checkpoint: 1.0). Ignored with "
-                                       "init_from. The reference code reads alpha from its config, not the file."),
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw",
                                tooltip="prodigy is the paper's (learning rate 1.0; needs 'pip install prodigyopt')."),
                 io.Float.Input("learning_rate", **_widget("learning_rate"), step=1e-5, round=False,
@@ -268,6 +214,11 @@ class LumiXTrainer(io.ComfyNode):
                              tooltip="Width and height of the validation samples (small: validation stays quick)."),
                 io.Int.Input("validation_steps", default=12, min=1, max=100,
                              tooltip="Sampling steps of each validation sample."),
+                # added after the first release: optional and last, so older workflows (their widget values are
+                # positional) and API prompts without them keep working, with the setting's default
+                io.Float.Input("alpha", **_widget("alpha"), step=0.1, round=False, optional=True,
+                               tooltip="Adapter scale alpha / sqrt(R) (the released checkpoint: 1.0). Ignored with "
+                                       "init_from. The reference code reads alpha from its config, not the file."),
             ],
             outputs=[io.Model.Output(tooltip="The input model with the trained adapters (the input is left unchanged)."),
                      io.Image.Output("plot", tooltip="Loss and validation metrics over the steps."),

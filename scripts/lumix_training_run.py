@@ -11,7 +11,8 @@ import torch
 import lumix_comfy_models as comfy_models
 from lumix_extension.lumix_core.training import encode_dataset, scan_dataset
 from lumix_extension.lumix_core.training import distributed as D
-from lumix_extension.lumix_core.training.cache import REFERENCE_TOKENIZER, reference_text_identity
+from lumix_extension.lumix_core.training.cache import REFERENCE_TOKENIZER, text_identity
+from lumix_extension.lumix_core.training.encoder_identity import encoder_id, fingerprint_file
 from lumix_extension.lumix_core.training.run_config import RunConfig
 
 
@@ -39,6 +40,27 @@ class LazyEncoders:
         self.vae = self.clip = None
 
 
+ENCODER_FILES = (("vae", "vae"), ("clip_l", "text_encoders"), ("t5xxl", "text_encoders"))  # [model] key, folder
+
+
+def cache_identity(cfg: RunConfig):
+    """(encoder_id, text_identity) for the dataset cache, as the LumiX Training Dataset node keys it, from
+    the encoder files (a few sampled rows each) and FLUX's tokenizer, without loading any encoder."""
+    parts = []
+    for key, folder in ENCODER_FILES:
+        path = comfy_models.model_path(folder, cfg.model[key], key)
+        try:
+            parts.append((key, fingerprint_file(path)))
+        except Exception as exc:  # SafetensorError, OSError: not a readable safetensors file
+            raise ValueError(f"[model] {key} = {path}: cannot read it as a safetensors file to key the dataset cache "
+                             f"({type(exc).__name__}); give the encoder's .safetensors file") from None
+    tokenizer = comfy_models.flux_tokenizer()
+
+    def identity(caption: str) -> str:  # the tokens the loaded CLIP makes with REFERENCE_TOKENIZER set
+        return text_identity(tokenizer.tokenize_with_weights(caption, False, tokenizer_options=dict(REFERENCE_TOKENIZER)))
+    return encoder_id(parts), identity
+
+
 def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None):
     """The dataset encoded (or found) in the cache, rank by rank, then the session the node builds too."""
     from lumix_extension.nodes.training_session import ValidationSpec, build_session
@@ -47,10 +69,11 @@ def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None):
     scan = scan_dataset(cfg.data["root"])
     encoders = LazyEncoders(cfg)
 
+    encoders_id, identity = cache_identity(cfg)
+
     def encode():
         return encode_dataset(scan, encoders.encode_images, encoders.encode_text, str(cfg.cache_dir),
-                              train.resolution, train.flip, encoder_id=cfg.encoder_id(),
-                              text_identity=reference_text_identity)
+                              train.resolution, train.flip, encoder_id=encoders_id, text_identity=identity)
 
     dataset = D.in_turns(ctx, encode, "encoding the dataset into the cache")
     encoders.release()

@@ -45,17 +45,17 @@ class CacheError(ValueError):
     """A cache file does not hold what it should; the message names it and says how to rebuild it."""
 
 
-def tokenizer_identity(options: dict) -> str:
-    """Cache-key text for tokenizer settings (e.g. {"t5xxl_min_length": 512})."""
-    return ";".join(f"{k}={options[k]!r}" for k in sorted(options))
-
-
+CACHE_FOLDER = ".lumix_cache"  # inside the dataset folder: where both the node and the CLI look by default
 REFERENCE_TOKENIZER = {"t5xxl_min_length": T5_MIN_LENGTH}  # the command-line trainer's tokenizer options
 
 
-def reference_text_identity(caption: str) -> str:
-    """The command-line trainer's `text_identity`: its tokenizer options are fixed (REFERENCE_TOKENIZER)."""
-    return tokenizer_identity(REFERENCE_TOKENIZER)
+def text_identity(tokens, layer=None, patches: str = "") -> str:
+    """What changes a caption's embedding besides its text and the encoders' weights, for its cache
+    key: the tokens the tokenizer made of it (so its options count, e.g. T5 padding), the CLIP layer
+    used and the patches (LoRAs) on the text encoder. The node and the CLI both key text by this."""
+    h = hashlib.sha256(f"layer={layer}|patches={patches}|".encode())
+    h.update(repr(tokens).encode())
+    return h.hexdigest()
 
 
 def _file_digest(path: str) -> bytes:
