@@ -207,3 +207,11 @@ def test_make_validation_refuses_what_cannot_run(dataset, models):
         tv.make_validation(patched, TinyVAE(0), dataset, steps=1.5)
     with pytest.raises(ValueError, match="LumiX needs a MODEL"):
         tv.make_validation("not a model", TinyVAE(0), dataset)
+
+
+def test_a_grid_is_labelled_with_the_caption_where_the_dataset_keeps_it_else_the_scene_id(dataset):
+    from types import SimpleNamespace
+
+    assert tv._label(SimpleNamespace(scene_id="scene_3", caption="a sunny kitchen")) == "scene_3: a sunny kitchen"
+    assert tv._label(SimpleNamespace(scene_id="scene_3")) == "scene_3"  # the cache keeps no caption today
+    assert tv._label(dataset.scenes[0]) == dataset.scenes[0].scene_id
