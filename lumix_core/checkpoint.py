@@ -91,22 +91,26 @@ class LumiXCheckpoint:
                 f"{len(self.covered('single_blocks'))} single blocks, "
                 f"{self.parameter_count() / 1e6:.2f}M parameters")
 
-    def build_adapter(self, block: BlockKey, adapter: str, dtype=None, device=None) -> TensorLoRA | None:
-        """A TensorLoRA module holding this checkpoint's factors (None where the block lacks it)."""
-        factors = self.adapters.get(block, {}).get(adapter)
-        if factors is None:
-            return None
-        module = TensorLoRA(self.num_maps, factors.in_features, factors.out_features, self.rank,
-                            alpha=self.alpha, dtype=dtype or factors.G2.dtype, device=device or "cpu")
-        with torch.no_grad():
-            for name in FACTOR_NAMES:
-                getattr(module, name).copy_(getattr(factors, name))
-        return module.requires_grad_(False)
+    def tensor_loras(self, dtype=None, device=None, consume: bool = False) -> dict[BlockKey, dict[str, TensorLoRA]]:
+        """The one factory of adapters from a checkpoint, keyed like `adapters`: frozen TensorLoRA
+        modules holding a private copy of each factor in `dtype` (default: the file's) on `device`
+        (default: where the factors are). Always a copy: safetensors hands out tensors mapped from
+        the file, which would change (or fault) under a running model if the file were overwritten.
 
-    def build_adapters(self, dtype=None, device=None) -> dict[BlockKey, dict[str, TensorLoRA]]:
-        """Every adapter of the checkpoint as frozen TensorLoRA modules, keyed like `adapters`."""
-        return {block: {name: self.build_adapter(block, name, dtype, device) for name in factors}
-                for block, factors in self.adapters.items()}
+        consume: replace each factor of this checkpoint by the module's own tensors as soon as that
+        adapter is built, so the file's copy and the module's coexist for one adapter at most (the
+        loader); the checkpoint then describes the modules. The trainer makes trainable parameters
+        of these (LumiXAdapters.from_checkpoint)."""
+        modules: dict = {}
+        for block, factors in self.adapters.items():
+            for name in list(factors):
+                f = factors[name]
+                g1, g2, g3 = (t.to(device=device or t.device, dtype=dtype or t.dtype, copy=True) for t in (f.G1, f.G2, f.G3))
+                module = TensorLoRA.from_factors(g1, g2, g3, alpha=self.alpha)
+                if consume:
+                    factors[name] = AdapterFactors(module.G1, module.G2, module.G3)
+                modules.setdefault(block, {})[name] = module
+        return modules
 
     def validate_for_model(self, hidden_size: int, double_blocks: int, single_blocks: int) -> None:
         """Refuse a checkpoint that does not fit a model of these sizes, naming the first bad key.

@@ -20,8 +20,7 @@ import struct
 
 import torch
 
-from ..lumix_core import LumiXCheckpoint, TensorLoRA, load_checkpoint
-from ..lumix_core.checkpoint import AdapterFactors
+from ..lumix_core import LumiXCheckpoint, load_checkpoint
 from ..lumix_core.safetensors_header import MAX_HEADER_BYTES
 from .adapter_memory import adapter_model
 
@@ -60,18 +59,9 @@ class LoadedAdapters:
 
 
 def build_loaded_adapters(checkpoint: LumiXCheckpoint, dtype: torch.dtype, load_device, offload_device) -> LoadedAdapters:
-    """Turn a checkpoint's tensors into adapters in `dtype`, in place: afterwards one copy exists."""
-    adapters: dict = {}
-    for block, factors in checkpoint.adapters.items():
-        for name in list(factors):
-            f = factors[name]
-            # always a private copy: safetensors hands out tensors mapped from the file, which would
-            # change (or fault) under a running model if the file were overwritten in place
-            g1, g2, g3 = (t.to(dtype, copy=True) for t in (f.G1, f.G2, f.G3))
-            module = TensorLoRA.from_factors(g1, g2, g3, alpha=checkpoint.alpha)
-            # replace the file's tensors now, so a converted adapter does not keep its original alive
-            factors[name] = AdapterFactors(module.G1, module.G2, module.G3)
-            adapters.setdefault(block, {})[name] = module
+    """The checkpoint's adapters in `dtype` (LumiXCheckpoint.tensor_loras, consuming the file's
+    tensors as it goes: afterwards one copy exists), held by an adapter ModelPatcher."""
+    adapters = checkpoint.tensor_loras(dtype, consume=True)
     return LoadedAdapters(checkpoint, adapters, adapter_model(adapters, load_device, offload_device), dtype)
 
 

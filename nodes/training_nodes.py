@@ -13,26 +13,22 @@ import comfy.utils
 import folder_paths
 from comfy_api.v0_0_2 import io, ui
 
-from ..lumix_core import MAP_NAMES, CheckpointError, load_checkpoint
+from ..lumix_core import MAP_NAMES, CheckpointError
 from ..lumix_core.training import (
-    OPTIMIZERS, TIMESTEP_SAMPLINGS, DatasetError, LumiXAdapters, TrainConfig, Trainer, TrainingStopped,
-    encode_dataset, read_training_state, scan_dataset,
+    OPTIMIZERS, TIMESTEP_SAMPLINGS, DatasetError, TrainConfig, TrainingStopped, encode_dataset, read_training_state,
+    scan_dataset,
 )
 from ..lumix_core.training.cache import tokenizer_identity
 from ..lumix_core.training.config import SETTING
 from ..lumix_core.training.files import RunFiles
-from ..lumix_core.training.logs import TrainingLog
-from ..lumix_core.training.resume import check_training_state
 from ..lumix_core.training.validation import consistency_summary
 from . import categories
 from .dataset_folders import DEFAULT_CACHE, DEFAULT_FOLDER, FolderError, dataset_choices, resolve_cache, resolve_dataset
-from .flux_model import NotFluxError, block_counts, flux_diffusion_model
+from .flux_model import NotFluxError, flux_diffusion_model
 from .model_nodes import LUMIX_FOLDER, checkpoint_choices, checkpoint_path
 from .sampling_steps import warn_user
-from .training_model import (
-    compute_dtype, frozen_base, load_for_training, make_denoiser, new_adapters, prepare_base_for_autograd,
-    trained_model, training_model,
-)
+from .training_model import trained_model
+from .training_session import ValidationSpec, build_session
 
 TrainingData = io.Custom("LUMIX_TRAINING_DATA")
 NO_INIT = "none (train from scratch)"
@@ -237,6 +233,9 @@ class LumiXTrainer(io.ComfyNode):
                 io.String.Input("output_name", default="lumix_trained", tooltip="File name (no extension) in models/lumix/."),
                 io.Int.Input("steps", **_widget("steps"), tooltip="Optimisation steps (the paper: 10K)."),
                 io.Int.Input("rank", **_widget("rank"), tooltip="Tensor LoRA rank R (the paper: 8). Ignored with init_from."),
+                io.Float.Input("alpha", **_widget("alpha"), step=0.1, round=False,
+                               tooltip="Adapter scale alpha / sqrt(R) (the released checkpoint: 1.0). Ignored with "
+                                       "init_from. The reference code reads alpha from its config, not the file."),
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw",
                                tooltip="prodigy is the paper's (learning rate 1.0; needs 'pip install prodigyopt')."),
                 io.Float.Input("learning_rate", **_widget("learning_rate"), step=1e-5, round=False,
@@ -276,22 +275,16 @@ class LumiXTrainer(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, dataset, output_name, steps, rank, optimizer, learning_rate, batch_size,
-                grad_accumulation, warmup_steps, max_grad_norm, timestep_sampling, guidance, held_map_probability,
-                caption_dropout, gradient_checkpointing, seed, save_every, init_from, resume, validate_every,
-                vae=None, validation_scenes=2, validation_size=256, validation_steps=12) -> io.NodeOutput:
+    def execute(cls, model, dataset, output_name, init_from=NO_INIT, resume=False, vae=None, validation_scenes=2,
+                validation_size=256, validation_steps=12, **settings) -> io.NodeOutput:
+        # every other input is a training setting (lumix_core.training.config.SETTINGS, as the CLI's [train]);
+        # the crop size and flips are the dataset's
         name = output_name.strip()
         out_dir = _output_folder()
         work_dir = os.path.join(out_dir, f"{name}_training")
         try:
-            config = TrainConfig(rank=rank, steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
-                                 optimizer=optimizer, learning_rate=learning_rate, warmup_steps=warmup_steps,
-                                 max_grad_norm=max_grad_norm, timestep_sampling=timestep_sampling, guidance=guidance,
-                                 held_map_probability=held_map_probability, caption_dropout=caption_dropout,
-                                 resolution=dataset.resolution, flip=dataset.flip, seed=seed,
-                                 gradient_checkpointing=gradient_checkpointing, save_every=save_every,
-                                 validate_every=validate_every)
-            dm = flux_diffusion_model(model)
+            config = TrainConfig.from_dict({**settings, "resolution": dataset.resolution, "flip": dataset.flip})
+            flux_diffusion_model(model)
         except (ValueError, NotFluxError) as exc:
             raise ValueError(f"LumiX Trainer: {exc}") from None
         try:  # every name the run writes, temporaries included, before anything is loaded or trained
@@ -299,7 +292,7 @@ class LumiXTrainer(io.ComfyNode):
             files.check(config.steps)
         except ValueError as exc:
             raise ValueError(f"LumiX Trainer: output_name: {exc}.") from None
-        if validate_every and vae is None:
+        if config.validate_every and vae is None:
             raise ValueError("LumiX Trainer: validate_every is on but no vae is connected; connect the FLUX VAE or set it to 0.")
         final_path, state_path = files.final_path, files.state
         existing = files.existing()
@@ -315,47 +308,26 @@ class LumiXTrainer(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             try:
                 state = read_training_state(state_path) if resume else None
-                if state is not None:  # before anything is allocated from what the file claims
-                    shape = check_training_state(state, hidden_size=dm.hidden_size, double_blocks=block_counts(dm)[0],
-                                                 single_blocks=block_counts(dm)[1], num_maps=dataset.num_maps,
-                                                 source=f"the saved state {name}.state.pt")
-                    adapters = LumiXAdapters(shape["hidden_size"], *block_counts(dm), num_maps=shape["num_maps"],
-                                             rank=shape["rank"], alpha=shape["alpha"], device=model.load_device)
-                elif init_from != NO_INIT:
-                    checkpoint = load_checkpoint(checkpoint_path(init_from))
-                    checkpoint.validate_for_model(dm.hidden_size, *block_counts(dm))
-                    adapters = LumiXAdapters.from_checkpoint(checkpoint, *block_counts(dm)).to(model.load_device)
-                else:
-                    adapters = new_adapters(model, rank, 1.0, dataset.num_maps, seed)
-            except (CheckpointError, FileNotFoundError, ValueError) as exc:
+                session = build_session(model, dataset, config, files,
+                                        init_checkpoint=checkpoint_path(init_from) if init_from != NO_INIT else None,
+                                        resume_state=state, state_source=f"the saved state {name}.state.pt",
+                                        validation=ValidationSpec(vae, validation_scenes, validation_size,
+                                                                  validation_steps) if vae is not None else None)
+            except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
                 raise ValueError(f"LumiX Trainer: {exc}") from None
-            patched = training_model(model, adapters, gradient_checkpointing)
-            load_for_training(patched)
-            prepare_base_for_autograd(patched)
-            data = dataset.with_latent_transform(patched.model.process_latent_in)
-            validate = (_validation(patched, vae, dataset, validation_scenes, validation_size, validation_steps)
-                        if validate_every else None)
-            try:
-                trainer = Trainer(make_denoiser(patched), adapters, data, config, device=model.load_device,
-                                  compute_dtype=compute_dtype(patched), output_dir=work_dir, name=name,
-                                  validate=validate, final_checkpoint=final_path)
-                if state is not None:
-                    trainer.load_state_dict(state)
-            except (ValueError, RuntimeError) as exc:
-                raise ValueError(f"LumiX Trainer: {exc}") from None
-            # the log continues from the resumed step (later records, and a torn line, are dropped)
-            log = trainer.log = TrainingLog(work_dir, keep_until=trainer.step)
+            trainer, log = session.trainer, session.log
             pbar = comfy.utils.ProgressBar(config.steps)
             preview_every = max(1, config.steps // 20)
 
             def on_step(metrics):
+                session.on_step(metrics)
                 preview = ("PNG", log.plot(), 768) if metrics.step % preview_every == 0 else None
                 pbar.update_absolute(metrics.step, config.steps, preview)
 
             interrupt = comfy.model_management.InterruptProcessingException
             try:
                 pbar.update_absolute(trainer.step, config.steps)  # ComfyUI's hook may raise Cancel here too
-                with frozen_base(patched):
+                with session.frozen_base():
                     trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted,
                                 interrupts=(interrupt,))
             except (interrupt, TrainingStopped):
@@ -370,7 +342,7 @@ class LumiXTrainer(io.ComfyNode):
             finally:
                 log.close()  # also on errors: a long-lived server must not keep the log's files open
             plot = log.plot()
-            trained = trained_model(model, adapters, f"{name}.safetensors")
+            trained = trained_model(model, session.adapters, f"{name}.safetensors")
         last = log.records[-1] if log.records else {}
         report = (f"LumiX Trainer: {trainer.step} steps on {dataset.summary}\n"
                   f"checkpoint: {final_path}\nlogs, step checkpoints, state: {work_dir}\n"

@@ -182,7 +182,7 @@ def train(cfg: RunConfig, ctx: D.DistContext, resume: str | None) -> None:
             die(metrics)
 
     try:
-        with run.frozen_base, D.collective_guard(ctx, "training"):
+        with run.frozen_base(), D.collective_guard(ctx, "training"):
             trainer.run(on_step=on_step)
         D.barrier(ctx, "the end of training")
     finally:

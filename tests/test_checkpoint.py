@@ -41,13 +41,13 @@ def test_accepts_a_leading_prefix(tmp_path, prefix):
 def test_alpha_from_metadata_reaches_the_adapter(tmp_path):
     sd = official_state_dict()
     ckpt = load_checkpoint(write(tmp_path, sd, metadata={"alpha": "4.0"}))
-    lora = ckpt.build_adapter(("double_blocks", 1), "kv_tt_lora", dtype=torch.float64)
+    lora = ckpt.tensor_loras(dtype=torch.float64)[("double_blocks", 1)]["kv_tt_lora"]
     assert lora.alpha == 4.0 and not lora.G1.requires_grad
     x = torch.randn(M, 2, HIDDEN, dtype=torch.float64)
     G1, G2, G3 = (sd[f"double_blocks.1.processor.kv_tt_lora.{n}"].double() for n in ("G1", "G2", "G3"))
     expected = torch.einsum("jlu,iurq,ijq,ior->ilo", x, G2, G1, G3) * 4.0 / math.sqrt(R)
     torch.testing.assert_close(lora(x), expected, rtol=1e-10, atol=1e-10)
-    assert ckpt.build_adapter(("double_blocks", 7), "kv_tt_lora") is None
+    assert ("double_blocks", 7) not in ckpt.tensor_loras()
 
 
 def test_round_trip_write_read(tmp_path):
@@ -76,7 +76,7 @@ def test_round_trip_write_read(tmp_path):
 def test_round_trip_of_an_official_file(tmp_path):
     sd = official_state_dict(prefix="transformer.")
     ckpt = load_checkpoint(write(tmp_path, sd))
-    adapters = {b: {a: ckpt.build_adapter(b, a) for a in block} for b, block in ckpt.adapters.items()}
+    adapters = ckpt.tensor_loras()
     out = str(tmp_path / "again.safetensors")
     save_checkpoint(out, adapters)
     again = load_file(out)
@@ -192,3 +192,36 @@ def test_mixed_prefixes_and_bad_metadata():
         checkpoint_from_state_dict(official_state_dict(), {"alpha": "x"})
     with pytest.raises(CheckpointError, match="metadata says rank 8"):
         checkpoint_from_state_dict(official_state_dict(), {"rank": "8"})
+
+
+def test_tensor_loras_is_a_private_copy_and_consume_leaves_one_copy(tmp_path):
+    sd = official_state_dict()
+    ckpt = load_checkpoint(write(tmp_path, sd))
+    file_g2 = ckpt.adapters[("double_blocks", 0)]["kv_tt_lora"].G2
+    kept = ckpt.tensor_loras(dtype=torch.float64)
+    module = kept[("double_blocks", 0)]["kv_tt_lora"]
+    assert module.G2.dtype == torch.float64 and module.G2.data_ptr() != file_g2.data_ptr()
+    # the checkpoint still holds its own factors; changing them does not reach the module
+    assert ckpt.adapters[("double_blocks", 0)]["kv_tt_lora"].G2 is file_g2
+    file_g2.add_(1.0)
+    assert torch.equal(module.G2, sd["double_blocks.0.processor.kv_tt_lora.G2"].double())
+    consumed = ckpt.tensor_loras(consume=True)
+    for block, modules in consumed.items():
+        for name, lora in modules.items():
+            assert ckpt.adapters[block][name].G3 is lora.G3 and not lora.G3.requires_grad
+    assert set(consumed) == set(ckpt.adapters) and ("single_blocks", 2) in consumed
+
+
+def test_trainable_adapters_from_a_checkpoint_are_the_factory_s_values_and_learn(tmp_path):
+    from lumix_core.training import LumiXAdapters
+    sd = official_state_dict()
+    ckpt = load_checkpoint(write(tmp_path, sd, metadata={"alpha": "2.5"}))
+    adapters = LumiXAdapters.from_checkpoint(ckpt, DOUBLE + 1, SINGLE)  # one more double block than the file
+    assert adapters.alpha == 2.5 and adapters.rank == R
+    for key, value in sd.items():
+        kind, index, _, name, factor = key.split(".")
+        p = getattr(adapters.adapter(kind, int(index), name), factor)
+        assert p.requires_grad and p.dtype == torch.float32 and torch.equal(p.detach(), value.float())
+    fresh = adapters.adapter("double_blocks", DOUBLE, "kv_tt_lora")  # not in the file: starts as a no-op
+    assert torch.count_nonzero(fresh.G3) == 0 and fresh.G3.requires_grad
+    assert len(list(adapters.parameters())) == 3 * 2 * (DOUBLE + 1 + SINGLE)

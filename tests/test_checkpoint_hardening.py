@@ -155,7 +155,7 @@ def test_fp8_is_widened_to_bf16_exactly(tmp_path, dtype):
     g3 = ckpt.adapters[("double_blocks", 1)]["proj_tt_lora"].G3
     assert g3.dtype == torch.bfloat16
     assert torch.equal(g3.double(), sd["double_blocks.1.processor.proj_tt_lora.G3"].double())
-    assert ckpt.build_adapters()[("double_blocks", 1)]["proj_tt_lora"] is not None
+    assert ckpt.tensor_loras()[("double_blocks", 1)]["proj_tt_lora"] is not None
 
 
 def test_fp8_nan_is_refused_not_not_implemented(tmp_path):

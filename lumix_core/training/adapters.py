@@ -8,7 +8,6 @@ gradients for all-reduce).
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -68,12 +67,9 @@ class LumiXAdapters(nn.Module):
         checkpoint.validate_for_model(checkpoint.hidden_size, double_blocks, single_blocks)
         adapters = cls(checkpoint.hidden_size, double_blocks, single_blocks, checkpoint.num_maps,
                        checkpoint.rank, checkpoint.alpha, dtype, device)
-        with torch.no_grad():
-            for (kind, index), factors in checkpoint.adapters.items():
-                for name, f in factors.items():
-                    module = adapters.adapter(kind, index, name)
-                    for g in ("G1", "G2", "G3"):
-                        getattr(module, g).copy_(getattr(f, g))
+        for (kind, index), modules in checkpoint.tensor_loras(dtype, device).items():
+            for name, module in modules.items():
+                adapters.blocks[_module_name(kind, index)][name] = module.requires_grad_(True)
         return adapters
 
     def adapter(self, kind: str, index: int, name: str) -> TensorLoRA:
@@ -84,12 +80,6 @@ class LumiXAdapters(nn.Module):
         and save_checkpoint take. The modules are these trainable ones (shared, not copied)."""
         return {(kind, index): {name: self.adapter(kind, index, name) for name in ADAPTER_NAMES}
                 for kind in BLOCK_KINDS for index in range(self.counts[kind])}
-
-    def frozen_copy(self, device="cpu") -> dict[BlockKey, dict[str, TensorLoRA]]:
-        """Detached, frozen copies in block_dict's layout, for a MODEL output that must not change
-        when training goes on."""
-        return {key: {name: copy.deepcopy(m).to(device).requires_grad_(False) for name, m in block.items()}
-                for key, block in self.block_dict().items()}
 
     def as_checkpoint(self, device="cpu") -> LumiXCheckpoint:
         """The factors as a LumiXCheckpoint (detached, on `device`; views where already there), with

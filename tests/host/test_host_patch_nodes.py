@@ -39,7 +39,7 @@ def load(model, name="tiny_lumix.safetensors", strength=1.0, query_broadcast=Tru
 
 def adapters_by_hand(path):
     from lumix_core import load_checkpoint
-    return load_checkpoint(str(path)).build_adapters()
+    return load_checkpoint(str(path)).tensor_loras()
 
 
 def test_comfyui_version_is_reported_and_is_a_tested_one():

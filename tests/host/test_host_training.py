@@ -283,11 +283,11 @@ def test_a_crafted_state_is_refused_before_anything_is_allocated(dataset, lumix_
     data, _ = dataset
     train(comfy_loaded_flux(), data, "real", steps=1, save_every=0)
     real = torch.load(lumix_dir / "real_training" / "real.state.pt", weights_only=True)
-    nodes = importlib.import_module(extension_module().__name__ + ".nodes.training_nodes")
+    session = importlib.import_module(extension_module().__name__ + ".nodes.training_session")
 
     def no_allocation(*args, **kwargs):
         raise AssertionError("adapters were allocated from an unchecked state")
-    monkeypatch.setattr(nodes, "LumiXAdapters", no_allocation)
+    monkeypatch.setattr(session, "LumiXAdapters", no_allocation)  # where node and CLI build adapters
     tiny = {"format": "lumix-training-state", "version": 1,
             "shape": {"num_maps": 5, "rank": 100000, "hidden_size": 32, "alpha": 1.0}}
     huge = {**real, "shape": {**real["shape"], "rank": 100000}, "config": {**real["config"], "rank": 100000}}
