@@ -89,7 +89,8 @@ def make_validation(model, vae, dataset, scenes: int = 2, size: int = 256, steps
     folder: where validation/step_<N>_<k>.png go (None: no files); log: a TrainingLog for TensorBoard
     images (None: none). Refuses, with what to change, settings that cannot run."""
     if vae is None:
-        raise ValueError("validation needs the FLUX VAE to decode the sampled maps; connect one (or turn validation off).")
+        raise ValueError("validation needs the FLUX VAE to decode the sampled maps; connect one (or turn "
+                         "validation off).")
     for name, value in (("scenes", scenes), ("steps", steps)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"validation {name} is {value!r}; set a whole number of at least 1.")

@@ -89,7 +89,8 @@ def test_sheet_stacks_the_grids_in_order():
 def test_grids_are_written_under_their_step_and_index_with_no_temporary_left(tmp_path):
     grids = [v.scene_grid(random_maps(s), f"scene {s}") for s in range(2)]
     paths = v.write_validation_grids(str(tmp_path), 120, grids)
-    assert paths == [str(tmp_path / "validation" / "step_000120_0.png"), str(tmp_path / "validation" / "step_000120_1.png")]
+    folder = tmp_path / "validation"
+    assert paths == [str(folder / "step_000120_0.png"), str(folder / "step_000120_1.png")]
     assert sorted(os.listdir(tmp_path / "validation")) == ["step_000120_0.png", "step_000120_1.png"]
     for path, grid in zip(paths, grids):
         with Image.open(path) as written:
