@@ -5,6 +5,8 @@ Trainer and the command-line trainer; it samples through sampler_node.sample_fiv
 through a node's execute."""
 from __future__ import annotations
 
+import math
+
 import torch
 from safetensors.torch import load_file
 
@@ -97,6 +99,8 @@ def make_validation(model, vae, dataset, scenes: int = 2, size: int = 256, steps
     if not isinstance(size, int) or isinstance(size, bool) or size < 16:
         raise ValueError(f"validation size is {size!r}; set a multiple of 16 of at least 16 (e.g. 256).")
     check_multiple_of_16(size, size)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise ValueError(f"validation guidance is {guidance!r}; set a finite number (3.5 as the reference).")
     if len(dataset) < 1:
         raise ValueError("validation needs at least one scene in the dataset.")
     check_lumix_model(model)  # a FLUX model (a warning about patching does not apply to a training model)

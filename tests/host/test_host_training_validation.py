@@ -205,6 +205,8 @@ def test_make_validation_refuses_what_cannot_run(dataset, models):
         tv.make_validation(patched, TinyVAE(0), dataset, scenes=0)
     with pytest.raises(ValueError, match="steps is 1.5"):
         tv.make_validation(patched, TinyVAE(0), dataset, steps=1.5)
+    with pytest.raises(ValueError, match="guidance is nan; set a finite number"):
+        tv.make_validation(patched, TinyVAE(0), dataset, guidance=float("nan"))
     with pytest.raises(ValueError, match="LumiX needs a MODEL"):
         tv.make_validation("not a model", TinyVAE(0), dataset)
 
