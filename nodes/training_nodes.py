@@ -6,14 +6,13 @@ import os
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 import comfy.model_management
 import comfy.utils
 import folder_paths
 from comfy_api.v0_0_2 import io, ui
 
-from ..lumix_core import MAP_NAMES, CheckpointError
+from ..lumix_core import CheckpointError
 from ..lumix_core.training import (
     OPTIMIZERS, TIMESTEP_SAMPLINGS, DatasetError, TrainConfig, TrainingStopped, encode_dataset, read_training_state,
     scan_dataset,
@@ -21,7 +20,6 @@ from ..lumix_core.training import (
 from ..lumix_core.training.cache import CACHE_FOLDER
 from ..lumix_core.training.config import SETTING
 from ..lumix_core.training.files import RunFiles
-from ..lumix_core.training.validation import consistency_summary
 from . import categories
 from .dataset_cache_keys import caption_identity, encoders_identity, text_encoder
 from .dataset_folders import DEFAULT_FOLDER, FolderError, dataset_choices, resolve_cache, resolve_dataset
@@ -33,7 +31,6 @@ from .training_session import ValidationSpec, build_session
 
 TrainingData = io.Custom("LUMIX_TRAINING_DATA")
 NO_INIT = "none (train from scratch)"
-VALIDATION_GUIDANCE = 3.5
 
 
 class LumiXTrainingDataset(io.ComfyNode):
@@ -118,27 +115,6 @@ def _plot_tensor(image) -> torch.Tensor:
 def _output_folder() -> str:
     paths = folder_paths.get_folder_paths(LUMIX_FOLDER) if LUMIX_FOLDER in folder_paths.folder_names_and_paths else []
     return paths[0] if paths else os.path.join(folder_paths.models_dir, LUMIX_FOLDER)
-
-
-def _validation(model, vae, dataset, count, size, steps):
-    """Sample `count` dataset captions at low resolution through the LumiX sampler; mean consistency."""
-    from .sampler_node import LumiXSampler
-
-    def validate(step):
-        scenes = []
-        empty = load_file(dataset.empty_text)
-        negative = [[empty["context"][None].float(), {"pooled_output": empty["pooled"][None].float()}]]
-        with torch.no_grad():
-            for i in range(min(count, len(dataset))):
-                text = load_file(dataset.scenes[i].text)
-                positive = [[text["context"][None].float(), {"pooled_output": text["pooled"][None].float(),
-                                                              "guidance": VALIDATION_GUIDANCE}]]
-                out = LumiXSampler.execute(model=model, positive=positive, negative=negative, vae=vae, seed=i,
-                                           steps=steps, cfg=1.0, sampler_name="euler", scheduler="simple",
-                                           width=size, height=size, scenes=1, shared_noise=True).result
-                scenes.append({name: image[0].float().cpu() for name, image in zip(MAP_NAMES, out)})
-        return consistency_summary(scenes)
-    return validate
 
 
 def _widget(name: str) -> dict:
@@ -272,7 +248,11 @@ class LumiXTrainer(io.ComfyNode):
 
             def on_step(metrics):
                 session.on_step(metrics)
-                preview = ("PNG", log.plot(), 768) if metrics.step % preview_every == 0 else None
+                preview = None
+                if "validation" in metrics.extra and session.validation is not None:
+                    preview = ("PNG", session.validation.last_grid, 768)  # the maps just sampled
+                elif metrics.step % preview_every == 0:
+                    preview = ("PNG", log.plot(), 768)
                 pbar.update_absolute(metrics.step, config.steps, preview)
 
             interrupt = comfy.model_management.InterruptProcessingException
@@ -302,4 +282,8 @@ class LumiXTrainer(io.ComfyNode):
                                                                 f"{os.path.basename(p)}" for p in stale]:
             if note:
                 report += f"\n{note}"
-        return io.NodeOutput(trained, _plot_tensor(plot), report, ui=ui.PreviewText(report))
+        shown = ui.PreviewText(report).as_dict()
+        grid = session.validation.last_grid if session.validation is not None else None
+        if grid is not None:  # the last validation's five maps per caption, under the report
+            shown.update(ui.PreviewImage(_plot_tensor(grid), cls=cls).as_dict())
+        return io.NodeOutput(trained, _plot_tensor(plot), report, ui=shown)

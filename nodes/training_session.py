@@ -18,6 +18,7 @@ from ..lumix_core.training import distributed as D
 from ..lumix_core.training.logs import TrainingLog
 from ..lumix_core.training.resume import check_training_state
 from .flux_model import block_counts, flux_diffusion_model
+from .training_validation import Validation, make_validation
 from .training_model import (
     compute_dtype, frozen_base, load_for_training, make_denoiser, new_adapters, prepare_base_for_autograd,
     training_model,
@@ -26,7 +27,9 @@ from .training_model import (
 
 @dataclass(frozen=True)
 class ValidationSpec:
-    """Validation samples: the first `scenes` captions of the dataset at `size` x `size`, `steps` steps."""
+    """Validation samples: the first `scenes` captions of the dataset at `size` x `size`, `steps` steps
+    (nodes/training_validation.py: consistency metrics, and a five-map grid per caption written to
+    <run folder>/validation/ and TensorBoard)."""
     vae: object
     scenes: int = 2
     size: int = 256
@@ -62,6 +65,7 @@ class TrainingSession:
     patched: object                 # the clone of the MODEL that trains (the input MODEL is left as found)
     log: Optional[TrainingLog]      # rank 0's log.jsonl / plot.png / TensorBoard; None on other ranks
     ctx: Optional[D.DistContext]    # the process group (command line), None for one process
+    validation: Optional[Validation] = None  # rank 0's, when validation runs: its last_grid is the latest images
 
     @property
     def adapters(self) -> LumiXAdapters:
@@ -122,8 +126,8 @@ def build_session(model, dataset, config: TrainConfig, files: RunFiles, *, init_
     data = dataset.with_latent_transform(patched.model.process_latent_in)
     validate = None
     if config.validate_every and validation is not None and is_main:  # other ranks wait in the next all-reduce
-        from .training_nodes import _validation
-        validate = _validation(patched, validation.vae, dataset, validation.scenes, validation.size, validation.steps)
+        validate = make_validation(patched, validation.vae, dataset, validation.scenes, validation.size,
+                                   validation.steps, folder=files.folder)
     trainer = Trainer(make_denoiser(patched), adapters, data, config,
                       rank=ctx.rank if ctx is not None else 0, world_size=ctx.world_size if ctx is not None else 1,
                       is_main=is_main, ddp_module=D.wrap_adapters(adapters, ctx) if ctx is not None else None,
@@ -135,4 +139,6 @@ def build_session(model, dataset, config: TrainConfig, files: RunFiles, *, init_
     log = TrainingLog(files.folder, keep_until=trainer.step) if is_main else None
     if log is not None and not (ctx is not None and ctx.distributed):
         trainer.log = log  # one process: the Trainer logs each step itself (a step cut short by Cancel too)
-    return TrainingSession(trainer, patched, log, ctx)
+    if validate is not None:
+        validate.log = log  # its grids go to TensorBoard too
+    return TrainingSession(trainer, patched, log, ctx, validate)

@@ -127,6 +127,7 @@ class CachedScene:
     latents: str   # safetensors with "latents" [M, C, h, w] (and "flipped" when flip is on)
     text: str      # safetensors with "context" and "pooled"
     latent_size: Optional[tuple[int, int]] = None   # (h, w) of the whole scene's latents
+    caption: str = ""  # for people (validation grids); the embedding is in `text`
 
 
 @dataclass
@@ -285,7 +286,7 @@ def encode_dataset(scan: DatasetScan, encode_images: ImageEncoder, encode_text: 
             rebuilt += os.path.isfile(txt_path)
             _write(txt_path, _checked_output("text encoder", scene.scene_id, {"context": context, "pooled": pooled}))
             dims = {"context": context.shape[-1], "pooled": pooled.shape[-1]}
-        cached.append(CachedScene(scene.scene_id, lat_path, txt_path, size))
+        cached.append(CachedScene(scene.scene_id, lat_path, txt_path, size, scene.caption))
         if progress is not None:
             progress(done, len(scan.scenes))
     if not cached:  # before the empty caption is encoded: no text encoder loads for an unusable folder

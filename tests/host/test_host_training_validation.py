@@ -25,7 +25,6 @@ Dataset, Sampler = NODES["LumiXTrainingDataset"], NODES["LumiXSampler"]
 package = extension_module().__name__
 tm = importlib.import_module(package + ".nodes.training_model")
 tv = importlib.import_module(package + ".nodes.training_validation")
-training_nodes = importlib.import_module(package + ".nodes.training_nodes")
 SIZE, STEPS, SCENES = 32, 3, 2
 
 
@@ -147,13 +146,6 @@ def test_validation_samples_the_sampler_nodes_maps_measures_them_and_writes_thei
     assert all(torch.equal(base[k], after[k]) for k in base) and repr(raw.model_options) == raw_options
 
 
-def test_validation_numbers_equal_the_old_private_path(dataset, models):
-    _, patched = models
-    old = training_nodes._validation(patched, TinyVAE(0), dataset, SCENES, SIZE, STEPS)(4)
-    new = tv.make_validation(patched, TinyVAE(0), dataset, scenes=SCENES, size=SIZE, steps=STEPS)(4)
-    assert new == old and len(new) == 3
-
-
 def test_validation_runs_without_grad_and_without_a_folder_writes_nothing(dataset, models, tmp_path, monkeypatch):
     _, patched = models
     seen = []
@@ -215,5 +207,5 @@ def test_a_grid_is_labelled_with_the_caption_where_the_dataset_keeps_it_else_the
     from types import SimpleNamespace
 
     assert tv._label(SimpleNamespace(scene_id="scene_3", caption="a sunny kitchen")) == "scene_3: a sunny kitchen"
-    assert tv._label(SimpleNamespace(scene_id="scene_3")) == "scene_3"  # the cache keeps no caption today
-    assert tv._label(dataset.scenes[0]) == dataset.scenes[0].scene_id
+    assert tv._label(SimpleNamespace(scene_id="scene_3")) == "scene_3"  # a dataset without captions
+    assert tv._label(dataset.scenes[0]) == "scene_0: room 0"  # the encoded dataset keeps each caption
