@@ -137,8 +137,8 @@ def fault_injection(ctx: D.DistContext):
 
     def maybe_die(metrics):
         if ctx.rank == rank and metrics.step == step:
-            print(f"rank {ctx.rank}: {FAULT_ENV} sends {signal.Signals(signum).name} to this rank after step {step}",
-                  file=sys.stderr, flush=True)
+            what = "sends Ctrl-C (SIGINT) to" if signum == signal.SIGINT else "kills"
+            print(f"rank {ctx.rank}: {FAULT_ENV} {what} this rank after step {step}", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signum)
     return maybe_die
 
