@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import folder_paths
 
+from ..lumix_core.training.cache import CACHE_FOLDER
 from ..lumix_core.training.data import looks_like_dataset
 
 DATASETS_FOLDER = "lumix_datasets"          # extra_model_paths.yaml:  lumix_datasets: /data/my_datasets
 REGISTERED = f" [{DATASETS_FOLDER}]"        # suffix of the choices from registered folders
 DEFAULT_FOLDER = "lumix_dataset"            # ComfyUI/input/lumix_dataset (the shipped workflow's)
-DEFAULT_CACHE = ".lumix_cache"
+DEFAULT_CACHE = CACHE_FOLDER  # shared with the command-line trainer
 MAX_DEPTH = 3                                # folder levels listed below a root
 MAX_CHOICES = 2000
 WHERE = (f"pick a folder from the list: subfolders of ComfyUI/input/, or of a folder registered as "

@@ -3,6 +3,8 @@
 sampling with the five-map preview, decoding into the five maps."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 import comfy.model_management
@@ -141,24 +143,52 @@ class LumiXSampler(io.ComfyNode):
             if text:
                 warn_user(cls.hidden.unique_id if cls.hidden else None, text)
 
-        latent = empty_latent(latent_channels(model), width, height, scenes)
         given_images = {name: prepare_given_map(image, width, height, held_maps_resize, name) for name, image in given.items()}
-        model, latent = hold_given_maps(model, vae, latent, given_images, held_maps_guidance)
-        sigmas = sampling_sigmas(model, schedule, steps, width, height, sampler_name, scheduler)
-        samples = sample_maps(model, SceneNoise(seed, shared_noise), cfg, comfy.samplers.sampler_object(sampler_name),
-                              sigmas, positive, negative, latent)
-
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        sampled = sample_five_maps(model, vae, positive, negative, seed, steps, cfg, sampler_name, scheduler, width,
+                                   height, scenes, shared_noise, schedule, given_images, held_maps_guidance)
         record = given_maps_record(given, given_images, held_maps_resize)
-        images = maps_returned(decode_maps(vae, samples), record, output_size)
-        return io.NodeOutput(*(images[name] for name in MAP_NAMES), {"samples": samples, **record})
+        images = maps_returned(sampled.maps, record, output_size)
+        return io.NodeOutput(*(images[name] for name in MAP_NAMES), {"samples": sampled.samples, **record})
 
 
-def sample_maps(model, noise, cfg, sampler, sigmas, positive, negative, latent: torch.Tensor) -> torch.Tensor:
+class SampledMaps(NamedTuple):
+    samples: torch.Tensor  # the sampled latent [scenes * 5, C, h, w], map index fastest
+    maps: dict  # {map name: [scenes, H, W, 3]} in 0..1, as decoded (given maps as their VAE round trip)
+
+
+def sample_five_maps(model, vae, positive, negative, seed: int, steps: int, cfg: float = 1.0,
+                     sampler_name: str = "euler", scheduler: str = "simple", width: int = 512, height: int = 512,
+                     scenes: int = 1, shared_noise: bool = True, schedule: str = SCHEDULE_REFERENCE,
+                     given_images: dict | None = None, held_maps_guidance: str = HELD_GUIDANCE_REFERENCE,
+                     previews: bool = True) -> SampledMaps:
+    """The five maps of `scenes` scenes for a conditioning: empty latent, given maps held (prepared images,
+    prepare_given_map; none for text to maps), scene noise, sigmas, sampling, decoding. What the LumiX
+    Intrinsic Sampler runs after its checks, and what training validation runs. `previews` False: no
+    progress bar, no five-map preview and no console bar (work inside another node's progress, e.g. the
+    Trainer's); Cancel still stops it at the next step. Checks nothing the caller is meant to check."""
+    latent = empty_latent(latent_channels(model), width, height, scenes)
+    model, latent = hold_given_maps(model, vae, latent, given_images or {}, held_maps_guidance)
+    sigmas = sampling_sigmas(model, schedule, steps, width, height, sampler_name, scheduler)
+    samples = sample_maps(model, SceneNoise(seed, shared_noise), cfg, comfy.samplers.sampler_object(sampler_name),
+                          sigmas, positive, negative, latent, previews=previews)
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return SampledMaps(samples, decode_maps(vae, samples))
+
+
+def _check_cancel(step, x0, x, total_steps):
+    """A sampler callback without a progress bar: raises ComfyUI's Cancel (the flag its /interrupt sets),
+    which the progress hook would otherwise raise inside ProgressBar.update."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def sample_maps(model, noise, cfg, sampler, sigmas, positive, negative, latent: torch.Tensor,
+                previews: bool = True) -> torch.Tensor:
     """comfy.sample.sample_custom (what SamplerCustomAdvanced with a CFGGuider runs) with the five-map
-    preview and ComfyUI's progress bar; returns the sampled latent on the intermediate device."""
-    callback = five_map_callback(model, sigmas.shape[-1] - 1)
+    preview and ComfyUI's progress bar (`previews` False: neither, only the Cancel check each step);
+    returns the sampled latent on the intermediate device."""
+    callback = five_map_callback(model, sigmas.shape[-1] - 1) if previews else _check_cancel
     samples = comfy.sample.sample_custom(model, noise.generate_noise({"samples": latent}), cfg, sampler, sigmas,
                                          positive, negative, latent, callback=callback,
-                                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise.seed)
+                                         disable_pbar=not (previews and comfy.utils.PROGRESS_BAR_ENABLED),
+                                         seed=noise.seed)
     return samples.to(latent)

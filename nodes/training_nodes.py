@@ -6,89 +6,31 @@ import os
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 import comfy.model_management
 import comfy.utils
 import folder_paths
 from comfy_api.v0_0_2 import io, ui
 
-from ..lumix_core import MAP_NAMES, CheckpointError, load_checkpoint
+from ..lumix_core import CheckpointError
 from ..lumix_core.training import (
-    OPTIMIZERS, TIMESTEP_SAMPLINGS, DatasetError, LumiXAdapters, TrainConfig, Trainer, TrainingStopped,
-    encode_dataset, read_training_state, scan_dataset,
+    OPTIMIZERS, TIMESTEP_SAMPLINGS, DatasetError, TrainConfig, TrainingStopped, encode_dataset, read_training_state,
+    scan_dataset,
 )
-from ..lumix_core.training.cache import tokenizer_identity
+from ..lumix_core.training.cache import CACHE_FOLDER
 from ..lumix_core.training.config import SETTING
 from ..lumix_core.training.files import RunFiles
-from ..lumix_core.training.logs import TrainingLog
-from ..lumix_core.training.resume import check_training_state
-from ..lumix_core.training.validation import consistency_summary
 from . import categories
-from .dataset_folders import DEFAULT_CACHE, DEFAULT_FOLDER, FolderError, dataset_choices, resolve_cache, resolve_dataset
-from .flux_model import NotFluxError, block_counts, flux_diffusion_model
+from .dataset_cache_keys import caption_identity, encoders_identity, text_encoder
+from .dataset_folders import DEFAULT_FOLDER, FolderError, dataset_choices, resolve_cache, resolve_dataset
+from .flux_model import NotFluxError, flux_diffusion_model
 from .model_nodes import LUMIX_FOLDER, checkpoint_choices, checkpoint_path
 from .sampling_steps import warn_user
-from .training_model import (
-    compute_dtype, frozen_base, load_for_training, make_denoiser, new_adapters, prepare_base_for_autograd,
-    trained_model, training_model,
-)
+from .training_model import trained_model
+from .training_session import ValidationSpec, build_session
 
 TrainingData = io.Custom("LUMIX_TRAINING_DATA")
 NO_INIT = "none (train from scratch)"
-VALIDATION_GUIDANCE = 3.5
-
-
-def _fingerprint(obj) -> str:
-    """Identity of an encoder's weights (a few tensors hashed), for the cache keys."""
-    h = hashlib.sha256(type(obj).__name__.encode())
-    module = getattr(obj, "first_stage_model", None) or getattr(obj, "cond_stage_model", None)
-    tensors = list(module.state_dict().values()) if isinstance(module, torch.nn.Module) else \
-        [v for v in vars(obj).values() if isinstance(v, torch.Tensor)]
-    for t in tensors[:2] + tensors[-2:]:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _text_encoder(clip):
-    def encode(text):
-        cond = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-        return cond[0][0][0], cond[0][1]["pooled_output"][0]
-    return encode
-
-
-def _first_tensor(value, depth=0):
-    if isinstance(value, torch.Tensor):
-        return value
-    if depth < 3 and isinstance(value, (list, tuple)):
-        for item in value:
-            found = _first_tensor(item, depth + 1)
-            if found is not None:
-                return found
-    weights = getattr(value, "weights", None)  # ComfyUI's LoRA adapters
-    return _first_tensor(weights, depth + 1) if weights is not None and depth < 3 else None
-
-
-def _text_identity(clip):
-    """What changes a text embedding besides the caption and the encoder's weights, for the cache keys:
-    the tokens themselves (so the tokenizer options, e.g. T5TokenizerOptions' padding, count), the
-    options, the CLIP layer and the patches (LoRAs) on the text encoder."""
-    h = hashlib.sha256(tokenizer_identity(dict(getattr(clip, "tokenizer_options", None) or {})).encode())
-    h.update(f"|layer={getattr(clip, 'layer_idx', None)}".encode())
-    patches = getattr(getattr(clip, "patcher", None), "patches", None) or {}
-    for key in sorted(patches):
-        h.update(key.encode())
-        for patch in patches[key]:
-            h.update(repr([p for p in patch if isinstance(p, (int, float, str))]).encode())
-            t = _first_tensor(patch[1]) if len(patch) > 1 else None
-            if t is not None:
-                h.update(t.detach().flatten()[:256].float().cpu().numpy().tobytes())
-    base = h.hexdigest()
-
-    def identity(caption: str) -> str:
-        return base + "/" + hashlib.sha256(repr(clip.tokenize(caption)).encode()).hexdigest()
-    return identity
 
 
 class LumiXTrainingDataset(io.ComfyNode):
@@ -141,7 +83,7 @@ class LumiXTrainingDataset(io.ComfyNode):
                 return None
 
         stamp = [(p, mtime(os.path.join(p, f))) for p, _, fs in os.walk(root)
-                 if DEFAULT_CACHE not in p for f in sorted(fs)]
+                 if CACHE_FOLDER not in p for f in sorted(fs)]
         return hashlib.sha256(repr(stamp).encode()).hexdigest()
 
     @classmethod
@@ -155,10 +97,10 @@ class LumiXTrainingDataset(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(len(scan.scenes))
         try:
             with torch.inference_mode(False):
-                dataset = encode_dataset(scan, vae.encode, _text_encoder(clip), cache, resolution, flip,
-                                         encoder_id=f"{_fingerprint(vae)}-{_fingerprint(clip)}",
+                dataset = encode_dataset(scan, vae.encode, text_encoder(clip), cache, resolution, flip,
+                                         encoder_id=encoders_identity(vae, clip),
                                          progress=lambda done, total: pbar.update_absolute(done, total),
-                                         text_identity=_text_identity(clip), cache_label=cache_label)
+                                         text_identity=caption_identity(clip), cache_label=cache_label)
         except ValueError as exc:  # no decodable scene, an encoder that returns NaN or the wrong shape
             raise ValueError(f"LumiX Training Dataset: {exc}") from None
         skipped = "".join(f"\n  skipped {sid}: {why}" for sid, why in dataset.skipped[:20])
@@ -173,27 +115,6 @@ def _plot_tensor(image) -> torch.Tensor:
 def _output_folder() -> str:
     paths = folder_paths.get_folder_paths(LUMIX_FOLDER) if LUMIX_FOLDER in folder_paths.folder_names_and_paths else []
     return paths[0] if paths else os.path.join(folder_paths.models_dir, LUMIX_FOLDER)
-
-
-def _validation(model, vae, dataset, count, size, steps):
-    """Sample `count` dataset captions at low resolution through the LumiX sampler; mean consistency."""
-    from .sampler_node import LumiXSampler
-
-    def validate(step):
-        scenes = []
-        empty = load_file(dataset.empty_text)
-        negative = [[empty["context"][None].float(), {"pooled_output": empty["pooled"][None].float()}]]
-        with torch.no_grad():
-            for i in range(min(count, len(dataset))):
-                text = load_file(dataset.scenes[i].text)
-                positive = [[text["context"][None].float(), {"pooled_output": text["pooled"][None].float(),
-                                                              "guidance": VALIDATION_GUIDANCE}]]
-                out = LumiXSampler.execute(model=model, positive=positive, negative=negative, vae=vae, seed=i,
-                                           steps=steps, cfg=1.0, sampler_name="euler", scheduler="simple",
-                                           width=size, height=size, scenes=1, shared_noise=True).result
-                scenes.append({name: image[0].float().cpu() for name, image in zip(MAP_NAMES, out)})
-        return consistency_summary(scenes)
-    return validate
 
 
 def _widget(name: str) -> dict:
@@ -269,6 +190,11 @@ class LumiXTrainer(io.ComfyNode):
                              tooltip="Width and height of the validation samples (small: validation stays quick)."),
                 io.Int.Input("validation_steps", default=12, min=1, max=100,
                              tooltip="Sampling steps of each validation sample."),
+                # added after the first release: optional and last, so older workflows (their widget values are
+                # positional) and API prompts without them keep working, with the setting's default
+                io.Float.Input("alpha", **_widget("alpha"), step=0.1, round=False, optional=True,
+                               tooltip="Adapter scale alpha / sqrt(R) (the released checkpoint: 1.0). Ignored with "
+                                       "init_from. The reference code reads alpha from its config, not the file."),
             ],
             outputs=[io.Model.Output(tooltip="The input model with the trained adapters (the input is left unchanged)."),
                      io.Image.Output("plot", tooltip="Loss and validation metrics over the steps."),
@@ -276,22 +202,16 @@ class LumiXTrainer(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, dataset, output_name, steps, rank, optimizer, learning_rate, batch_size,
-                grad_accumulation, warmup_steps, max_grad_norm, timestep_sampling, guidance, held_map_probability,
-                caption_dropout, gradient_checkpointing, seed, save_every, init_from, resume, validate_every,
-                vae=None, validation_scenes=2, validation_size=256, validation_steps=12) -> io.NodeOutput:
+    def execute(cls, model, dataset, output_name, init_from=NO_INIT, resume=False, vae=None, validation_scenes=2,
+                validation_size=256, validation_steps=12, **settings) -> io.NodeOutput:
+        # every other input is a training setting (lumix_core.training.config.SETTINGS, as the CLI's [train]);
+        # the crop size and flips are the dataset's
         name = output_name.strip()
         out_dir = _output_folder()
         work_dir = os.path.join(out_dir, f"{name}_training")
         try:
-            config = TrainConfig(rank=rank, steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
-                                 optimizer=optimizer, learning_rate=learning_rate, warmup_steps=warmup_steps,
-                                 max_grad_norm=max_grad_norm, timestep_sampling=timestep_sampling, guidance=guidance,
-                                 held_map_probability=held_map_probability, caption_dropout=caption_dropout,
-                                 resolution=dataset.resolution, flip=dataset.flip, seed=seed,
-                                 gradient_checkpointing=gradient_checkpointing, save_every=save_every,
-                                 validate_every=validate_every)
-            dm = flux_diffusion_model(model)
+            config = TrainConfig.from_dict({**settings, "resolution": dataset.resolution, "flip": dataset.flip})
+            flux_diffusion_model(model)
         except (ValueError, NotFluxError) as exc:
             raise ValueError(f"LumiX Trainer: {exc}") from None
         try:  # every name the run writes, temporaries included, before anything is loaded or trained
@@ -299,7 +219,7 @@ class LumiXTrainer(io.ComfyNode):
             files.check(config.steps)
         except ValueError as exc:
             raise ValueError(f"LumiX Trainer: output_name: {exc}.") from None
-        if validate_every and vae is None:
+        if config.validate_every and vae is None:
             raise ValueError("LumiX Trainer: validate_every is on but no vae is connected; connect the FLUX VAE or set it to 0.")
         final_path, state_path = files.final_path, files.state
         existing = files.existing()
@@ -315,47 +235,30 @@ class LumiXTrainer(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             try:
                 state = read_training_state(state_path) if resume else None
-                if state is not None:  # before anything is allocated from what the file claims
-                    shape = check_training_state(state, hidden_size=dm.hidden_size, double_blocks=block_counts(dm)[0],
-                                                 single_blocks=block_counts(dm)[1], num_maps=dataset.num_maps,
-                                                 source=f"the saved state {name}.state.pt")
-                    adapters = LumiXAdapters(shape["hidden_size"], *block_counts(dm), num_maps=shape["num_maps"],
-                                             rank=shape["rank"], alpha=shape["alpha"], device=model.load_device)
-                elif init_from != NO_INIT:
-                    checkpoint = load_checkpoint(checkpoint_path(init_from))
-                    checkpoint.validate_for_model(dm.hidden_size, *block_counts(dm))
-                    adapters = LumiXAdapters.from_checkpoint(checkpoint, *block_counts(dm)).to(model.load_device)
-                else:
-                    adapters = new_adapters(model, rank, 1.0, dataset.num_maps, seed)
-            except (CheckpointError, FileNotFoundError, ValueError) as exc:
+                session = build_session(model, dataset, config, files,
+                                        init_checkpoint=checkpoint_path(init_from) if init_from != NO_INIT else None,
+                                        resume_state=state, state_source=f"the saved state {name}.state.pt",
+                                        validation=ValidationSpec(vae, validation_scenes, validation_size,
+                                                                  validation_steps) if vae is not None else None)
+            except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
                 raise ValueError(f"LumiX Trainer: {exc}") from None
-            patched = training_model(model, adapters, gradient_checkpointing)
-            load_for_training(patched)
-            prepare_base_for_autograd(patched)
-            data = dataset.with_latent_transform(patched.model.process_latent_in)
-            validate = (_validation(patched, vae, dataset, validation_scenes, validation_size, validation_steps)
-                        if validate_every else None)
-            try:
-                trainer = Trainer(make_denoiser(patched), adapters, data, config, device=model.load_device,
-                                  compute_dtype=compute_dtype(patched), output_dir=work_dir, name=name,
-                                  validate=validate, final_checkpoint=final_path)
-                if state is not None:
-                    trainer.load_state_dict(state)
-            except (ValueError, RuntimeError) as exc:
-                raise ValueError(f"LumiX Trainer: {exc}") from None
-            # the log continues from the resumed step (later records, and a torn line, are dropped)
-            log = trainer.log = TrainingLog(work_dir, keep_until=trainer.step)
+            trainer, log = session.trainer, session.log
             pbar = comfy.utils.ProgressBar(config.steps)
             preview_every = max(1, config.steps // 20)
 
             def on_step(metrics):
-                preview = ("PNG", log.plot(), 768) if metrics.step % preview_every == 0 else None
+                session.on_step(metrics)
+                preview = None
+                if "validation" in metrics.extra and session.validation is not None:
+                    preview = ("PNG", session.validation.last_grid, 768)  # the maps just sampled
+                elif metrics.step % preview_every == 0:
+                    preview = ("PNG", log.plot(), 768)
                 pbar.update_absolute(metrics.step, config.steps, preview)
 
             interrupt = comfy.model_management.InterruptProcessingException
             try:
                 pbar.update_absolute(trainer.step, config.steps)  # ComfyUI's hook may raise Cancel here too
-                with frozen_base(patched):
+                with session.frozen_base():
                     trainer.run(on_step=on_step, should_stop=comfy.model_management.processing_interrupted,
                                 interrupts=(interrupt,))
             except (interrupt, TrainingStopped):
@@ -370,7 +273,7 @@ class LumiXTrainer(io.ComfyNode):
             finally:
                 log.close()  # also on errors: a long-lived server must not keep the log's files open
             plot = log.plot()
-            trained = trained_model(model, adapters, f"{name}.safetensors")
+            trained = trained_model(model, session.adapters, f"{name}.safetensors")
         last = log.records[-1] if log.records else {}
         report = (f"LumiX Trainer: {trainer.step} steps on {dataset.summary}\n"
                   f"checkpoint: {final_path}\nlogs, step checkpoints, state: {work_dir}\n"
@@ -379,4 +282,8 @@ class LumiXTrainer(io.ComfyNode):
                                                                 f"{os.path.basename(p)}" for p in stale]:
             if note:
                 report += f"\n{note}"
-        return io.NodeOutput(trained, _plot_tensor(plot), report, ui=ui.PreviewText(report))
+        shown = ui.PreviewText(report).as_dict()
+        grid = session.validation.last_grid if session.validation is not None else None
+        if grid is not None:  # the last validation's five maps per caption, under the report
+            shown.update(ui.PreviewImage(_plot_tensor(grid), cls=cls).as_dict())
+        return io.NodeOutput(trained, _plot_tensor(plot), report, ui=shown)

@@ -314,6 +314,7 @@ TRAINER_WIDGETS = {
     "timestep_sampling": "logit_normal", "guidance": 1.0, "held_map_probability": 0.0, "caption_dropout": 0.0,
     "gradient_checkpointing": True, "seed": 0, "save_every": 250, "init_from": "none (train from scratch)",
     "resume": False, "validate_every": 250, "validation_scenes": 2, "validation_size": 256, "validation_steps": 12,
+    "alpha": 1.0,
 }
 
 

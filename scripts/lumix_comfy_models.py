@@ -172,6 +172,14 @@ def load_text_encoders(clip_l: str, t5xxl: str):
                               clip_type=comfy.sd.CLIPType.FLUX)
 
 
+def flux_tokenizer():
+    """FLUX's tokenizer (CLIP-L + T5-XXL vocabularies ship with ComfyUI; no weights), as load_clip builds it."""
+    import folder_paths
+    from comfy.text_encoders.flux import FluxTokenizer
+
+    return FluxTokenizer(embedding_directory=folder_paths.get_folder_paths("embeddings"))
+
+
 def load_vae(vae: str):
     import comfy.sd
     import comfy.utils

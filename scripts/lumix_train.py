@@ -14,7 +14,7 @@ config on one process or many (torchrun, torch.distributed: DDP over the adapter
 ComfyUI is used as a library (COMFYUI_PATH, or the ComfyUI this checkout sits in) to load FLUX, the
 text encoders and the VAE. Rank 0 alone writes checkpoints, the training state, the log and the
 validation output, and prints progress. Exit status: 0 done, 2 bad config, data or resume, or a diverged
-run, 3 a peer failed.
+run, 3 a peer failed, 130 Ctrl-C (the last finished step's state is saved first: continue with --resume).
 """
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ from lumix_extension.lumix_core.training.optim import PRODIGY_MISSING, prodigy_a
 from lumix_extension.lumix_core.training.run_config import RunConfig, RunConfigError, load_run_config  # noqa: E402
 
 # Testing aid: "RANK:STEP" makes that rank SIGKILL itself after optimiser step STEP on the first
-# attempt (not after an elastic restart), to exercise the fault handling for real.
+# attempt (not after an elastic restart), to exercise the fault handling for real; "RANK:STEP:INT"
+# sends it SIGINT (Ctrl-C) instead.
 FAULT_ENV = "LUMIX_TRAIN_FAULT"
-EXIT_CONFIG, EXIT_PEER = 2, 3
+EXIT_CONFIG, EXIT_PEER, EXIT_INTERRUPTED = 2, 3, 130  # 130: the shell's code for Ctrl-C
 
 
 def parse_args(argv=None):
@@ -130,12 +131,15 @@ def fault_injection(ctx: D.DistContext):
     spec = os.environ.get(FAULT_ENV)
     if not spec or ctx.elastic_restart:
         return None
-    rank, step = (int(x) for x in spec.split(":"))
+    rank, step, *how = spec.split(":")
+    rank, step = int(rank), int(step)
+    signum = signal.SIGINT if how == ["INT"] else signal.SIGKILL
 
     def maybe_die(metrics):
         if ctx.rank == rank and metrics.step == step:
-            print(f"rank {ctx.rank}: {FAULT_ENV} kills this rank after step {step}", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+            what = "sends Ctrl-C (SIGINT) to" if signum == signal.SIGINT else "kills"
+            print(f"rank {ctx.rank}: {FAULT_ENV} {what} this rank after step {step}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signum)
     return maybe_die
 
 
@@ -182,9 +186,16 @@ def train(cfg: RunConfig, ctx: D.DistContext, resume: str | None) -> None:
             die(metrics)
 
     try:
-        with run.frozen_base, D.collective_guard(ctx, "training"):
-            trainer.run(on_step=on_step)
+        with run.frozen_base(), D.collective_guard(ctx, "training"):
+            # Ctrl-C: the state of the last finished step is saved (rank 0) before the interrupt goes on
+            trainer.run(on_step=on_step, interrupts=(KeyboardInterrupt,))
         D.barrier(ctx, "the end of training")
+    except KeyboardInterrupt:
+        saved = trainer.interrupted
+        if saved is not None and saved.state_path is not None:
+            log(ctx, f"stopped by Ctrl-C after step {saved.step} of {cfg.train.steps}: saved the resumable state "
+                     f"{saved.state_path}; rerun the same command with --resume to continue from there")
+        raise
     finally:
         run.close()
     log(ctx, f"done: {trainer.checkpoint_path(final=True)}")
@@ -220,6 +231,9 @@ def main(argv=None) -> int:
     except D.PeerFailure as error:
         print(f"lumix_train: {error}", file=sys.stderr, flush=True)
         return EXIT_PEER
+    except KeyboardInterrupt:
+        print(f"lumix_train: rank {ctx.rank}: stopped by Ctrl-C", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except (D.DistributedSetupError, comfy_models.ComfyUINotFound, FileNotFoundError, FileExistsError, ValueError,
             FloatingPointError) as error:
         # ValueError covers the trainer's clear errors (data, checkpoint, resume mismatches); FloatingPointError

@@ -9,7 +9,7 @@ from PIL import Image
 from lumix_core.maps import MAP_NAMES
 from lumix_core.training import DatasetError, TrainConfig, encode_dataset, flip_scene_images, load_scene_images, scan_dataset
 from lumix_core.training import CacheError
-from lumix_core.training.cache import tokenizer_identity
+from lumix_core.training.cache import text_identity
 from lumix_core.training.data import read_map, resized_size
 from training_fixtures import make_reference_dataset, make_scene_folder, write_png
 
@@ -303,7 +303,7 @@ def test_text_embeddings_are_keyed_by_the_tokenizer_settings(tmp_path):
     make_scene_folder(tmp_path / "data", "s", prompt="a hall")
     enc = CountingEncoder()
     scan = scan_dataset(str(tmp_path / "data"))
-    pad = lambda n: (lambda caption: tokenizer_identity({"t5xxl_min_length": n}))  # noqa: E731
+    pad = lambda n: (lambda caption: text_identity([caption, "<pad>" * (n - 1)]))  # noqa: E731  (tokens padded to n)
     a = encode_dataset(scan, enc.images_fn, enc.text_fn, str(tmp_path / "c"), 16, text_identity=pad(256))
     assert enc.texts == ["a hall", ""]
     b = encode_dataset(scan, enc.images_fn, enc.text_fn, str(tmp_path / "c"), 16, text_identity=pad(512))

@@ -94,3 +94,51 @@ def test_an_intact_log_is_left_byte_for_byte(tmp_path, monkeypatch):
     (tmp_path / "log.jsonl").write_text(text)
     log = TrainingLog(str(tmp_path), keep_until=3)
     assert log.repair_note == "" and (tmp_path / "log.jsonl").read_text() == text
+
+
+class FakeWriter:
+    """What TrainingLog needs of torch's SummaryWriter, recording the images it is given."""
+
+    def __init__(self):
+        self.images, self.flushes = [], 0
+
+    def add_image(self, tag, pixels, step, dataformats="CHW"):
+        self.images.append((tag, pixels.copy(), step, dataformats))
+
+    def flush(self):
+        self.flushes += 1
+
+    def close(self):
+        pass
+
+
+def test_add_image_hands_tensorboard_the_8bit_pixels_and_is_a_no_op_without_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    log = TrainingLog(str(tmp_path))
+    assert log.add_image("validation/0", image, 4) is False  # no TensorBoard: nothing to do, no error
+    assert not (tmp_path / "tensorboard").exists()
+    log.writer = writer = FakeWriter()
+    assert log.add_image("validation/0", image, 4) is True
+    assert log.add_image("validation/1", image.convert("RGBA"), 6) is True  # alpha dropped
+    assert [(t, s, f) for t, _, s, f in writer.images] == [("validation/0", 4, "HWC"), ("validation/1", 6, "HWC")]
+    for _, got, _, _ in writer.images:
+        assert got.dtype == np.uint8 and np.array_equal(got, pixels)
+    assert writer.flushes == 2
+
+
+def test_tensorboard_images_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = TrainingLog(str(tmp_path))
+    assert log.add_image("validation/0", Image.new("RGB", (8, 4), (10, 200, 30)), 3) is True
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    (record,) = events.Images("validation/0")
+    assert (record.step, record.width, record.height) == (3, 8, 4)

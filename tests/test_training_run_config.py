@@ -22,7 +22,7 @@ def test_paper_config_has_the_papers_values():
     assert (t.rank, t.optimizer, t.learning_rate, t.batch_size, t.steps, t.resolution) == (8, "prodigy", 1.0, 16, 10000, 512)
     assert t.gradient_checkpointing and t.alpha == 1.0 and t.held_map_probability == 0.0
     assert cfg.output_dir == (REPO / "runs" / "lumix_paper").resolve()  # relative to the config's folder
-    assert cfg.cache_dir == cfg.output_dir / "cache"
+    assert cfg.cache_dir == Path(cfg.data["root"]) / ".lumix_cache"  # where the dataset node caches too
     assert cfg.state_path().name == "lumix_lora.state.pt"
 
 

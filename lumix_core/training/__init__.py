@@ -39,11 +39,15 @@ API note for the distributed (torchrun) trainer -- these names are stable:
   counts, maps read at full precision); ``encode_dataset(scan, encode_images, encode_text, cache_dir,
   resolution, flip, text_identity=)`` -> ``EncodedDataset`` (a SceneSource) with an on-disk safetensors
   cache keyed by content+settings, its files checked (a bad one read in training raises ``CacheError``);
-  ``dataset.with_latent_transform(model.model.process_latent_in)`` before training.
-* Host side (ComfyUI as a library): nodes/training_model.py -- ``new_adapters``, ``training_model``
+  ``dataset.with_latent_transform(model.model.process_latent_in)`` before training. The keys: ``CACHE_FOLDER``
+  (``<root>/.lumix_cache``, both front doors' default), ``encoder_identity`` (a fingerprint of each encoder's
+  weights, alike from a file and from the model a host built of it) and ``cache.text_identity`` (the tokens).
+* Host side (ComfyUI as a library): nodes/training_session.py -- ``build_session(model, dataset, config,
+  files, init_checkpoint=, resume_state=, ctx=, validation=)``, the one way the node and the CLI set up a
+  run (``start_adapters``: scratch, checkpoint or state); nodes/training_model.py -- ``new_adapters``, ``training_model``
   (apply_lumix + per-block checkpointing), ``load_for_training``, ``prepare_base_for_autograd`` (ComfyUI
   builds weights in inference mode; autograd refuses those), ``frozen_base``, ``make_denoiser``,
-  ``compute_dtype``. nodes/training_nodes.py shows the whole sequence; benchmarks/train_step.py imports
+  ``compute_dtype``; benchmarks/train_step.py imports
   the extension as a package outside ComfyUI's node loader.
 """
 from .adapters import LumiXAdapters

@@ -45,17 +45,17 @@ class CacheError(ValueError):
     """A cache file does not hold what it should; the message names it and says how to rebuild it."""
 
 
-def tokenizer_identity(options: dict) -> str:
-    """Cache-key text for tokenizer settings (e.g. {"t5xxl_min_length": 512})."""
-    return ";".join(f"{k}={options[k]!r}" for k in sorted(options))
-
-
+CACHE_FOLDER = ".lumix_cache"  # inside the dataset folder: where both the node and the CLI look by default
 REFERENCE_TOKENIZER = {"t5xxl_min_length": T5_MIN_LENGTH}  # the command-line trainer's tokenizer options
 
 
-def reference_text_identity(caption: str) -> str:
-    """The command-line trainer's `text_identity`: its tokenizer options are fixed (REFERENCE_TOKENIZER)."""
-    return tokenizer_identity(REFERENCE_TOKENIZER)
+def text_identity(tokens, layer=None, patches: str = "") -> str:
+    """What changes a caption's embedding besides its text and the encoders' weights, for its cache
+    key: the tokens the tokenizer made of it (so its options count, e.g. T5 padding), the CLIP layer
+    used and the patches (LoRAs) on the text encoder. The node and the CLI both key text by this."""
+    h = hashlib.sha256(f"layer={layer}|patches={patches}|".encode())
+    h.update(repr(tokens).encode())
+    return h.hexdigest()
 
 
 def _file_digest(path: str) -> bytes:
@@ -127,6 +127,7 @@ class CachedScene:
     latents: str   # safetensors with "latents" [M, C, h, w] (and "flipped" when flip is on)
     text: str      # safetensors with "context" and "pooled"
     latent_size: Optional[tuple[int, int]] = None   # (h, w) of the whole scene's latents
+    caption: str = ""  # for people (validation grids); the embedding is in `text`
 
 
 @dataclass
@@ -285,7 +286,7 @@ def encode_dataset(scan: DatasetScan, encode_images: ImageEncoder, encode_text: 
             rebuilt += os.path.isfile(txt_path)
             _write(txt_path, _checked_output("text encoder", scene.scene_id, {"context": context, "pooled": pooled}))
             dims = {"context": context.shape[-1], "pooled": pooled.shape[-1]}
-        cached.append(CachedScene(scene.scene_id, lat_path, txt_path, size))
+        cached.append(CachedScene(scene.scene_id, lat_path, txt_path, size, scene.caption))
         if progress is not None:
             progress(done, len(scan.scenes))
     if not cached:  # before the empty caption is encoded: no text encoder loads for an unusable folder

@@ -143,7 +143,7 @@ def shutdown(ctx: DistContext) -> None:
     (a reference cycle), at interpreter exit after the group is destroyed, sometimes aborts its
     process ("terminate called without an active exception", SIGABRT) after a finished run. So
     unreachable objects are collected here, before the group goes; callers drop their own
-    references to the wrapper first (see TrainingRun.release), and exit_process ends the process
+    references to the wrapper first (see TrainingSession.release), and exit_process ends the process
     without the interpreter's teardown."""
     gc.collect()
     if ctx.backend is not None and dist.is_initialized():

@@ -1,11 +1,13 @@
 """Training logs: JSON Lines (one record per logged step), a PNG plot of loss and validation metrics
-drawn with PIL, and TensorBoard event files when the `tensorboard` package is installed."""
+drawn with PIL, and TensorBoard event files (scalars, validation images) when the `tensorboard`
+package is installed."""
 from __future__ import annotations
 
 import json
 import math
 import os
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from .files import LOG_NAME, PLOT_NAME, atomic_write
@@ -62,6 +64,16 @@ class TrainingLog:
             for name, value in flatten_numbers({k: v for k, v in record.items() if k != "step"}).items():
                 self.writer.add_scalar(name, value, step)
             self.writer.flush()
+
+    def add_image(self, tag: str, image: Image.Image, step: int) -> bool:
+        """`image` (PIL) as TensorBoard image `tag` at `step`; True when written, False without
+        TensorBoard (the validation PNGs are the record then)."""
+        if self.writer is None:
+            return False
+        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        self.writer.add_image(tag, pixels, int(step), dataformats="HWC")
+        self.writer.flush()
+        return True
 
     def plot(self, size=(768, 384)) -> Image.Image:
         image = render_plot(self.records, size)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cache import CACHE_FOLDER
 from .config import TrainConfig
 from .files import RunFiles
 
@@ -39,8 +40,9 @@ SETTINGS: dict[str, dict[str, tuple[object, str]]] = {
     "data": {
         "root": (None, "dataset folder, in the reference layout (<root>/<map>/<id>_<map>.png + captions*/) or "
                        "scene folders (<scene>/<map>.png + lumix.json) (required)"),
-        "cache_dir": ("", "where VAE latents and text embeddings are cached (default: <output.dir>/cache); "
-                          "built once by rank 0, then read by every rank"),
+        "cache_dir": ("", "where VAE latents and text embeddings are cached (default: <root>/.lumix_cache, where "
+                          "the LumiX Training Dataset node caches the same folder: each finds the other's "
+                          "entries); built once by rank 0, then read by every rank"),
     },
     "output": {
         "dir": ("lumix_training", "folder for checkpoints (<name>_stepNNNNNN.safetensors, <name>.safetensors), "
@@ -82,7 +84,7 @@ class RunConfig:
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.data["cache_dir"]) if self.data["cache_dir"] else self.output_dir / "cache"
+        return Path(self.data["cache_dir"]) if self.data["cache_dir"] else Path(self.data["root"]) / CACHE_FOLDER
 
     def state_path(self) -> Path:
         return Path(self.files().state)
@@ -90,16 +92,6 @@ class RunConfig:
     def files(self) -> RunFiles:
         """Every file the run writes (all in [output] dir)."""
         return RunFiles(str(self.output_dir), self.output["name"])
-
-    def encoder_id(self) -> str:
-        """What the cache keys latents and embeddings by, without loading the encoders: their files'
-        names and sizes (another VAE or text encoder gives other cache entries)."""
-        parts = []
-        for setting in ("vae", "clip_l", "t5xxl"):
-            value = self.model[setting]
-            size = os.path.getsize(value) if value and os.path.isfile(value) else "?"
-            parts.append(f"{setting}={Path(value).name}:{size}")
-        return ";".join(parts)
 
 
 _PATH_SETTINGS = {("data", "root"), ("data", "cache_dir"), ("output", "dir")}

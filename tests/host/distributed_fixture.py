@@ -3,13 +3,16 @@ key layout, a dataset in the reference layout, its cache pre-built with tiny sta
 the text encoders (which the trainer then never loads), and a TOML config pointing at all of it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-from safetensors.torch import save_file
+import torch
+from safetensors.torch import load_file, save_file
 
 from conftest import REPO
 from tiny_comfy import CONTEXT, DOUBLE, HEADS, HIDDEN, SINGLE, VEC, TinyCLIP, TinyVAE, tiny_flux
@@ -46,30 +49,103 @@ def write_toml(path: Path, sections: dict) -> Path:
     return path
 
 
+ENCODER_SHAPES = {  # tiny encoder files in the real files' key layouts (only fingerprinted, never loaded)
+    "vae": {"encoder.conv_in.weight": (8, 3, 3, 3), "decoder.conv_out.weight": (3, 8, 3, 3), "encoder.norm_out.weight": (8,)},
+    "clip_l": {"text_model.embeddings.token_embedding.weight": (64, 8), "text_model.encoder.layers.0.mlp.fc1.weight": (16, 8),
+               "text_projection.weight": (8, 8)},
+    "t5xxl": {"shared.weight": (64, 8), "encoder.block.0.layer.1.DenseReluDense.wo.weight": (8, 16)},
+}
+
+
+def write_encoder_files(folder: Path, seed: int = 0) -> dict:
+    files = {}
+    g = torch.Generator().manual_seed(seed)
+    for role, shapes in ENCODER_SHAPES.items():
+        files[role] = folder / f"tiny_{role}_{seed}.safetensors"
+        save_file({k: torch.randn(s, generator=g).to(torch.float16) for k, s in shapes.items()}, str(files[role]))
+    return {role: str(path) for role, path in files.items()}
+
+
+def _holder(tensors: dict, prefix: str = "") -> torch.nn.Module:
+    """A module whose state dict is `tensors` under `prefix` (as ComfyUI wraps a file's names)."""
+    module = torch.nn.Module()
+    for name, t in tensors.items():
+        parent = module
+        parts = (prefix + name).split(".")
+        for part in parts[:-1]:
+            if not hasattr(parent, part):
+                parent.add_module(part, torch.nn.Module())
+            parent = getattr(parent, part)
+        parent.register_parameter(parts[-1], torch.nn.Parameter(t, requires_grad=False))
+    return module
+
+
+class FileBackedVAE(TinyVAE):
+    """TinyVAE's encoding, with the weights of a VAE file as ComfyUI holds them (first_stage_model)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.encode_calls = 0
+        self.first_stage_model = _holder(load_file(path))
+
+    def encode(self, images):
+        self.encode_calls += 1
+        return super().encode(images)
+
+
+class FileBackedCLIP:
+    """ComfyUI's CLIP.tokenize over the real FLUX tokenizer (T5 padded to 512 as T5TokenizerOptions does),
+    with the two text encoder files' weights as ComfyUI holds them (cond_stage_model.clip_l/.t5xxl.transformer);
+    its embeddings are a deterministic function of the tokens."""
+
+    def __init__(self, clip_l: str, t5xxl: str):
+        import comfy.sd
+        from comfy.text_encoders.flux import FluxTokenizer
+
+        self.tokenizer, self.tokenizer_options, self.layer_idx, self.encode_calls = FluxTokenizer(), {}, None, 0
+        self.tokenize = comfy.sd.CLIP.tokenize.__get__(self)
+        self.set_tokenizer_option = comfy.sd.CLIP.set_tokenizer_option.__get__(self)
+        self.set_tokenizer_option("t5xxl_min_length", 512)
+        self.cond_stage_model = torch.nn.Module()
+        self.cond_stage_model.add_module("clip_l", _holder(load_file(clip_l), "transformer."))
+        self.cond_stage_model.add_module("t5xxl", _holder(load_file(t5xxl), "transformer."))
+
+    def encode_from_tokens_scheduled(self, tokens):
+        self.encode_calls += 1
+        g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(repr(tokens).encode()).digest()[:4], "little"))
+        return [[torch.randn(1, 6, CONTEXT, generator=g), {"pooled_output": torch.randn(1, VEC, generator=g)}]]
+
+
+def cli_cache_identity(model: dict):
+    """(encoder_id, text_identity) exactly as scripts/lumix_training_run.py computes them."""
+    import lumix_comfy_models
+    lumix_comfy_models.import_extension()
+    from lumix_training_run import cache_identity
+    return cache_identity(SimpleNamespace(model=model))
+
+
 def build_shared(folder: Path, scenes: int = 4, resolution: int = 32) -> dict:
-    """The model file, the dataset and its cache, shared by every run of a test module."""
+    """The model file, the dataset and its cache (in the default place, <root>/.lumix_cache), shared by
+    every run of a test module; the cache keyed as the command-line trainer keys it."""
     from lumix_core.training import encode_dataset, scan_dataset
-    from lumix_core.training.cache import reference_text_identity
-    from lumix_core.training.run_config import parse_run_config
+    from lumix_core.training.cache import CACHE_FOLDER
 
     flux = folder / "tiny_flux.safetensors"
     state = tiny_flux(seed=5).model.diffusion_model.state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(flux))
     data = folder / "data"
     make_reference_dataset(str(data), [f"ai_{i:03d}" for i in range(scenes)], width=40, height=32)
-    model = {"flux": str(flux), "flux_config": FLUX_CONFIG, "vae": "missing_vae.safetensors",
-             "clip_l": "missing_clip_l.safetensors", "t5xxl": "missing_t5.safetensors"}
-    cache = folder / "cache"
-    cfg = parse_run_config({"model": model, "data": {"root": str(data), "cache_dir": str(cache)}})
+    model = {"flux": str(flux), "flux_config": FLUX_CONFIG, **write_encoder_files(folder)}
     clip = TinyCLIP()
 
     def encode_text(caption):
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(caption))
         return cond[0][0][0], cond[0][1]["pooled_output"][0]
 
-    encode_dataset(scan_dataset(str(data)), TinyVAE().encode, encode_text, str(cache), resolution, False,
-                   encoder_id=cfg.encoder_id(), text_identity=reference_text_identity)  # as the trainer keys text
-    return {"model": model, "data": {"root": str(data), "cache_dir": str(cache)}, "resolution": resolution}
+    encoders_id, identity = cli_cache_identity(model)
+    encode_dataset(scan_dataset(str(data)), TinyVAE().encode, encode_text, str(data / CACHE_FOLDER), resolution, False,
+                   encoder_id=encoders_id, text_identity=identity)
+    return {"model": model, "data": {"root": str(data)}, "resolution": resolution}
 
 
 def write_config(folder: Path, shared: dict, out: Path, **train) -> Path:

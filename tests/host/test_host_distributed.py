@@ -181,3 +181,16 @@ def test_a_diverged_run_exits_2_with_one_line(shared, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert code == 2 and err == "lumix_train: rank 0: the gradient became nan at step 3: training diverged. Lower the " \
                                 "learning rate\n"
+
+
+def test_ctrl_c_saves_the_last_finished_step_and_resume_finishes_like_a_straight_run(shared, reference, tmp_path):
+    out = tmp_path / "interrupted"
+    config = write_config(tmp_path, shared, out)
+    stopped = run_trainer(config, env={"LUMIX_TRAIN_FAULT": "0:3:INT"})  # a real SIGINT after step 3
+    assert stopped.returncode == 130, stopped.stdout[-2000:] + stopped.stderr[-3000:]
+    assert "stopped by Ctrl-C after step 3 of 4: saved the resumable state" in stopped.stdout
+    assert stopped.stderr.strip().endswith("lumix_train: rank 0: stopped by Ctrl-C")
+    assert read_training_state(str(out / "tiny.state.pt"))["step"] == 3 and not (out / "tiny.safetensors").exists()
+    ok(run_trainer(config, "--resume"))
+    assert log_steps(out) == [1, 2, 3, 4]
+    assert_same(final(out), final(reference[0]), tol=0.0)  # one process both times: bit-identical

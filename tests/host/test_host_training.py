@@ -149,18 +149,23 @@ def test_cancel_raised_by_the_progress_hook_saves_the_last_step_and_resume_finis
     assert log_steps(work) == list(range(1, 7))  # no step logged twice
 
 
-def test_cancel_during_validation_saves_the_finished_step(dataset, lumix_dir, caplog):
+def test_cancel_during_validation_saves_the_finished_step(dataset, lumix_dir, caplog, monkeypatch):
     data, _ = dataset
     settings = dict(steps=4, save_every=0, validate_every=2)
     val = dict(vae=TinyVAE(0), validation_scenes=1, validation_size=64, validation_steps=3)
-    hook, fired = cancelling_hook(lambda value, total: total == 3)  # the validation sampler's progress bar
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException), caplog.at_level("WARNING"):
-            with torch.inference_mode():
-                Trainer.execute(comfy_loaded_flux(), data, "val_cancel", **{**SETTINGS, **settings}, **val)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+    validation = importlib.import_module(extension_module().__name__ + ".nodes.training_validation")
+    real, fired = validation.sample_five_maps, []
+
+    def cancel_as_validation_starts(*args, **kwargs):  # validation has no progress bar: its sampler checks the flag
+        fired.append(True)
+        comfy.model_management.interrupt_current_processing()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(validation, "sample_five_maps", cancel_as_validation_starts)
+    with pytest.raises(comfy.model_management.InterruptProcessingException), caplog.at_level("WARNING"):
+        with torch.inference_mode():
+            Trainer.execute(comfy_loaded_flux(), data, "val_cancel", **{**SETTINGS, **settings}, **val)
+    monkeypatch.setattr(validation, "sample_five_maps", real)
+    assert not comfy.model_management.processing_interrupted()  # ComfyUI clears the flag as it raises
     work = lumix_dir / "val_cancel_training"
     assert fired and read_training_state(str(work / "val_cancel.state.pt"))["step"] == 2
     assert log_steps(work) == [1, 2] and "cancelled during validation after step 2 of 4" in caplog.text
@@ -202,12 +207,18 @@ def test_trainer_node_refuses_bad_requests(dataset, lumix_dir):
 def test_validation_logs_consistency_metrics(dataset, lumix_dir):
     data, _ = dataset
     with torch.inference_mode():
-        Trainer.execute(comfy_loaded_flux(), data, "validated", **{**SETTINGS, "steps": 2, "validate_every": 2},
+        out = Trainer.execute(comfy_loaded_flux(), data, "validated", **{**SETTINGS, "steps": 2, "validate_every": 2},
                         vae=TinyVAE(0), validation_scenes=1, validation_size=64, validation_steps=2)
     records = [json.loads(line) for line in open(lumix_dir / "validated_training" / "log.jsonl")]
     metrics = records[-1]["validation"]
     assert set(metrics) == {"photometric_residual", "geometric_degrees", "structural_alignment"}
     assert all(isinstance(v, float) for v in metrics.values())
+    # the five maps of the validation caption, in the run folder and shown in the node under its report
+    assert sorted(os.listdir(lumix_dir / "validated_training" / "validation")) == ["step_000002_0.png"]
+    from PIL import Image
+    with Image.open(lumix_dir / "validated_training" / "validation" / "step_000002_0.png") as grid:
+        assert grid.width > 5 * 64 and grid.height > 64
+    assert len(out.ui["images"]) == 1 and out.ui["text"]
 
 
 def fixed_batch(adapters, seed=0):
@@ -284,11 +295,11 @@ def test_a_crafted_state_is_refused_before_anything_is_allocated(dataset, lumix_
     data, _ = dataset
     train(comfy_loaded_flux(), data, "real", steps=1, save_every=0)
     real = torch.load(lumix_dir / "real_training" / "real.state.pt", weights_only=True)
-    nodes = importlib.import_module(extension_module().__name__ + ".nodes.training_nodes")
+    session = importlib.import_module(extension_module().__name__ + ".nodes.training_session")
 
     def no_allocation(*args, **kwargs):
         raise AssertionError("adapters were allocated from an unchecked state")
-    monkeypatch.setattr(nodes, "LumiXAdapters", no_allocation)
+    monkeypatch.setattr(session, "LumiXAdapters", no_allocation)  # where node and CLI build adapters
     tiny = {"format": "lumix-training-state", "version": 1,
             "shape": {"num_maps": 5, "rank": 100000, "hidden_size": 32, "alpha": 1.0}}
     huge = {**real, "shape": {**real["shape"], "rank": 100000}, "config": {**real["config"], "rank": 100000}}

@@ -166,18 +166,18 @@ def test_the_text_cache_follows_the_tokenizer_settings(roots):
     assert a.scenes[0].text != b.scenes[0].text and a.empty_text != b.empty_text
     assert a.scenes[0].text == c.scenes[0].text and a.scenes[0].latents == b.scenes[0].latents
     assert len(os.listdir(roots / "input" / "rooms" / ".lumix_cache" / "text")) == 4  # 2 captions x 2 settings
-    training_nodes = __import__(extension_module().__name__ + ".nodes.training_nodes", fromlist=["_text_identity"])
+    cache_keys = __import__(extension_module().__name__ + ".nodes.dataset_cache_keys", fromlist=["caption_identity"])
     layer = plain.clone()
     layer.layer_idx = -2  # CLIPSetLastLayer
-    assert training_nodes._text_identity(layer)("x") != training_nodes._text_identity(plain)("x")
+    assert cache_keys.caption_identity(layer)("x") != cache_keys.caption_identity(plain)("x")
     from types import SimpleNamespace
 
     def with_lora(strength, values):  # a LoRA on the text encoder, as ModelPatcher.add_patches stores it
         clip = plain.clone()
         clip.patcher = SimpleNamespace(patches={"t5.weight": [(strength, (values,), 1.0, None, None)]})
-        return training_nodes._text_identity(clip)("x")
+        return cache_keys.caption_identity(clip)("x")
     keys = {with_lora(1.0, torch.ones(3)), with_lora(0.5, torch.ones(3)), with_lora(1.0, torch.zeros(3)),
-            training_nodes._text_identity(plain)("x")}
+            cache_keys.caption_identity(plain)("x")}
     assert len(keys) == 4 and with_lora(1.0, torch.ones(3)) == with_lora(1.0, torch.ones(3))
 
 
@@ -218,13 +218,13 @@ def test_real_flux_tokens_key_the_cache_and_the_command_line_pads_t5_to_512(monk
     import sys
     from conftest import REPO
 
-    training_nodes = __import__(extension_module().__name__ + ".nodes.training_nodes", fromlist=["_text_identity"])
+    cache_keys = __import__(extension_module().__name__ + ".nodes.dataset_cache_keys", fromlist=["caption_identity"])
     clip = TokenizingCLIP()
-    default = training_nodes._text_identity(clip)("a red chair")
+    default = cache_keys.caption_identity(clip)("a red chair")
     assert len(clip.tokenize("a red chair")["t5xxl"][0]) == 256            # ComfyUI's FLUX default
     clip.set_tokenizer_option("t5xxl_min_length", 512)
     assert len(clip.tokenize("a red chair")["t5xxl"][0]) == 512
-    assert training_nodes._text_identity(clip)("a red chair") != default
+    assert cache_keys.caption_identity(clip)("a red chair") != default
 
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     import lumix_comfy_models

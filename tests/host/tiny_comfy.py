@@ -129,7 +129,8 @@ class TinyCLIP:
 
     def tokenize(self, text):
         TOKENIZE_CALLS.append({"text": text, **self.tokenizer_options})
-        return {"text": text}
+        # as real tokens, they change with the tokenizer options (T5 padding); the text alone sets the encoding
+        return {"text": text, "options": tuple(sorted(self.tokenizer_options.items()))}
 
     def encode_from_tokens_scheduled(self, tokens, add_dict={}):
         seed = int.from_bytes(hashlib.sha256(tokens["text"].encode()).digest()[:4], "little")

@@ -1,0 +1,113 @@
+"""The two front doors of training share one session builder (nodes/training_session.py) and one
+dataset cache: the same tiny FLUX file, dataset and settings, trained once through the LumiX Trainer
+node and once through `python scripts/lumix_train.py`, give the same adapters, log and metadata; and
+what one door encoded into <root>/.lumix_cache the other reads without encoding again."""
+import json
+import shutil
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfy_host import folder_paths, load_extension, lumix_dir  # noqa: F401  (skips without ComfyUI)
+from distributed_fixture import (FLUX_CONFIG, FileBackedCLIP, FileBackedVAE, build_shared, cli_cache_identity,
+                                 run_trainer, write_config, write_encoder_files)
+from lumix_comfy_models import load_flux
+
+from lumix_core import load_checkpoint
+
+NODES = load_extension()
+DatasetNode, TrainerNode = NODES["LumiXTrainingDataset"], NODES["LumiXTrainer"]
+# what the test config file sets (write_config), plus one setting each front door once chose for itself
+SETTINGS = dict(steps=4, batch_size=2, optimizer="adamw", learning_rate=1e-4, save_every=2, log_every=1, seed=3,
+                max_grad_norm=0.0, rank=3, alpha=2.0)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return build_shared(tmp_path_factory.mktemp("front_doors"))
+
+
+def node_dataset(shared, folder="data"):
+    """The LumiX Training Dataset node over <shared>/<folder>, given encoders that hold the config's files."""
+    model = shared["model"]
+    vae, clip = FileBackedVAE(model["vae"]), FileBackedCLIP(model["clip_l"], model["t5xxl"])
+    root = Path(shared["data"]["root"]).parent
+    before = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(root))
+    try:
+        with torch.inference_mode():  # as ComfyUI runs nodes
+            data = DatasetNode.execute(folder, vae, clip, shared["resolution"], False, "").result[0]
+    finally:
+        folder_paths.set_input_directory(before)
+    return data, vae.encode_calls + clip.encode_calls
+
+
+def records(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_node_and_command_line_train_the_same_adapters(shared, tmp_path, lumix_dir):
+    out = tmp_path / "cli"
+    done = run_trainer(write_config(tmp_path, shared, out, **SETTINGS))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    model = load_flux(shared["model"]["flux"], "default", FLUX_CONFIG)
+    data, encoded = node_dataset(shared)
+    assert encoded == 0  # every latent and embedding came from the cache the command line uses
+    with torch.inference_mode():
+        TrainerNode.execute(model, data, "front", **SETTINGS)
+
+    cli_log, node_log = records(out / "log.jsonl"), records(lumix_dir / "front_training" / "log.jsonl")
+    assert [r["step"] for r in cli_log] == [r["step"] for r in node_log] == [1, 2, 3, 4]
+    for a, b in zip(cli_log, node_log):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6 * max(1.0, abs(a["loss"])) and a["lr"] == b["lr"], (cli_log, node_log)
+
+    cli, node = load_checkpoint(str(out / "tiny.safetensors")), load_checkpoint(str(lumix_dir / "front.safetensors"))
+    assert (cli.rank, cli.alpha, node.rank, node.alpha) == (3, 2.0, 3, 2.0)
+    assert json.loads(cli.metadata["training_config"]) == json.loads(node.metadata["training_config"])
+    assert cli.adapters.keys() == node.adapters.keys()
+    worst = 0.0
+    for block, factors in cli.adapters.items():
+        for name, f in factors.items():
+            for g in ("G1", "G2", "G3"):
+                a, b = getattr(f, g), getattr(node.adapters[block][name], g)
+                worst = max(worst, float((a - b).abs().max()))
+    g3 = [f.G3 for block in node.adapters.values() for f in block.values()]
+    assert any(g.abs().max() > 1e-5 for g in g3)  # trained away from G3 = 0, so the comparison means something
+    # one process each; only the thread count differs (AdamW turns float32 rounding into ~1e-3 x lr, see
+    # distributed_fixture.write_config)
+    assert worst <= 1e-6, worst
+
+
+
+def test_what_the_node_encoded_the_command_line_reads_without_loading_an_encoder(shared, tmp_path):
+    root = Path(shared["data"]["root"])
+    fresh = root.parent / "data_fresh"
+    shutil.copytree(root, fresh, ignore=shutil.ignore_patterns(".lumix_cache"))
+    _, encoded = node_dataset(shared, "data_fresh")
+    assert encoded == 4 + 4 + 1  # latents of 4 scenes, 4 captions, the empty caption
+    assert len(list((fresh / ".lumix_cache" / "latents").iterdir())) == 4
+    # the encoder files are tiny stand-ins ComfyUI cannot load: the run succeeds only from the cache
+    out = tmp_path / "cli"
+    config = write_config(tmp_path, {**shared, "data": {"root": str(fresh)}}, out, steps=1, save_every=0)
+    done = run_trainer(config)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "dataset: 4 scene(s) used, 0 skipped" in done.stdout and (out / "tiny.safetensors").is_file()
+
+
+def test_the_cache_key_follows_the_encoder_files_content_not_their_names(shared, tmp_path):
+    same_name = dict(shared["model"])
+    before = cli_cache_identity(same_name)[0]
+    other = write_encoder_files(tmp_path, seed=1)
+    for role in ("vae", "clip_l", "t5xxl"):
+        shutil.copyfile(other[role], tmp_path / "swapped")  # same name and size, other weights
+        swapped = {**same_name, role: str(tmp_path / "swapped")}
+        changed = cli_cache_identity(swapped)[0]
+        assert changed != before
+        assert [p for p in changed.split(";") if not p.startswith(role + "=")] == \
+               [p for p in before.split(";") if not p.startswith(role + "=")]  # only that encoder's part changed
+    copy = tmp_path / "copy_of_vae.safetensors"
+    shutil.copyfile(same_name["vae"], copy)  # another name, the same content
+    assert cli_cache_identity({**same_name, "vae": str(copy)})[0] == before
