@@ -1,6 +1,5 @@
 """Training options: the cosine learning-rate schedule, the EMA of the adapters, keep_last / keep_best
 checkpoints and the data prefetch thread, on the tiny FLUX-shaped denoiser (host-free)."""
-import json
 import math
 import os
 import threading

@@ -3,7 +3,6 @@ crash or a killed rank never leaves a half-written file under its final name; th
 run writes (RunFiles), checked before the first step and cleaned of a killed run's temporaries."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
