@@ -98,7 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
             meaning="after warm-up: constant, or cosine decay to lr_min_ratio x learning_rate at the last step"),
     Setting("lr_min_ratio", float, 0.0, 0.0, 1.0, meaning="cosine: the last step's lr as a fraction of learning_rate"),
     Setting("ema_decay", float, 0.0, 0.0, 1.0, high_open=True,
-            meaning="EMA of the adapters (e.g. 0.999), saved as *_ema.safetensors and used for validation; 0: off"),
+            meaning="EMA of the adapters (e.g. 0.999; decay warmed up as min(d, (1+n)/(10+n)) at update n), saved "
+                    "as *_ema.safetensors and used for validation; 0: off"),
     Setting("max_grad_norm", float, 1.0, 0.0, 1e4, meaning="gradient clipping; 0 turns it off"),
     # objective
     Setting("timestep_sampling", str, "logit_normal", choices=TIMESTEP_SAMPLINGS,
