@@ -121,7 +121,14 @@ def _widget(name: str) -> dict:
     """A trainer widget's default and range: the training settings' schema (lumix_core.training.config),
     which the command-line trainer's [train] table follows too."""
     setting = SETTING[name]
-    return {"default": setting.default, "min": setting.low, "max": setting.high}
+    if setting.choices is not None:
+        return {"options": list(setting.choices), "default": setting.default}
+    if setting.kind is bool:
+        return {"default": setting.default}
+    high = setting.high
+    if setting.high_open:  # e.g. ema_decay < 1: the widget stops just below
+        high = 0.99999
+    return {"default": setting.default, "min": setting.low, "max": high}
 
 
 def _cancel_message(name: str, interrupted, step: int, total: int) -> str:
@@ -195,6 +202,27 @@ class LumiXTrainer(io.ComfyNode):
                 io.Float.Input("alpha", **_widget("alpha"), step=0.1, round=False, optional=True,
                                tooltip="Adapter scale alpha / sqrt(R) (the released checkpoint: 1.0). Ignored with "
                                        "init_from. The reference code reads alpha from its config, not the file."),
+                io.Combo.Input("lr_schedule", **_widget("lr_schedule"), optional=True,
+                               tooltip="After the warm-up: constant, or cosine decay to lr_min_ratio x learning_rate "
+                                       "at the last step. Costs nothing."),
+                io.Float.Input("lr_min_ratio", **_widget("lr_min_ratio"), step=0.01, optional=True,
+                               tooltip="Cosine only: the last step's learning rate as a fraction of learning_rate."),
+                io.Float.Input("ema_decay", **_widget("ema_decay"), step=0.0001, round=False, optional=True,
+                               tooltip="EMA of the adapters (e.g. 0.999); 0: off. Saved beside each checkpoint as "
+                                       "*_ema.safetensors and used for validation. Costs one more copy of the "
+                                       "adapters in memory and on disk per checkpoint."),
+                io.Int.Input("keep_last", **_widget("keep_last"), optional=True,
+                             tooltip="Keep only the newest N step checkpoints of this run (0: all). The final "
+                                     "checkpoint, the best one and the state are never removed."),
+                io.Boolean.Input("keep_best", **_widget("keep_best"), optional=True,
+                                 tooltip="With validation: keep <output_name>_best.safetensors in the run's folder, "
+                                         "the checkpoint with the best best_metric so far."),
+                io.Combo.Input("best_metric", **_widget("best_metric"), optional=True,
+                               tooltip="Validation metric keep_best compares: photometric_residual and "
+                                       "geometric_degrees lower is better, structural_alignment higher."),
+                io.Int.Input("prefetch", **_widget("prefetch"), optional=True,
+                             tooltip="Steps of data read ahead in a background thread (the same results); 0: read "
+                                     "in the step. Helps when a GPU waits for the disk; on a CPU-only machine set 0."),
             ],
             outputs=[io.Model.Output(tooltip="The input model with the trained adapters (the input is left unchanged)."),
                      io.Image.Output("plot", tooltip="Loss and validation metrics over the steps."),
@@ -278,7 +306,7 @@ class LumiXTrainer(io.ComfyNode):
         report = (f"LumiX Trainer: {trainer.step} steps on {dataset.summary}\n"
                   f"checkpoint: {final_path}\nlogs, step checkpoints, state: {work_dir}\n"
                   f"last loss: {last.get('loss', float('nan')):.5f}")
-        for note in [log.tensorboard_note, log.repair_note] + [f"removed a killed run's temporary file "
+        for note in [log.tensorboard_note, log.repair_note] + trainer.notes + [f"removed a killed run's temporary file "
                                                                 f"{os.path.basename(p)}" for p in stale]:
             if note:
                 report += f"\n{note}"

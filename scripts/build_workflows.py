@@ -314,7 +314,8 @@ TRAINER_WIDGETS = {
     "timestep_sampling": "logit_normal", "guidance": 1.0, "held_map_probability": 0.0, "caption_dropout": 0.0,
     "gradient_checkpointing": True, "seed": 0, "save_every": 250, "init_from": "none (train from scratch)",
     "resume": False, "validate_every": 250, "validation_scenes": 2, "validation_size": 256, "validation_steps": 12,
-    "alpha": 1.0,
+    "alpha": 1.0, "lr_schedule": "constant", "lr_min_ratio": 0.0, "ema_decay": 0.0, "keep_last": 3, "keep_best": True,
+    "best_metric": "photometric_residual", "prefetch": 1,
 }
 
 

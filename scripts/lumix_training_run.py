@@ -89,6 +89,8 @@ def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None):
         validation = ValidationSpec(comfy_models.load_vae(cfg.model["vae"]), v["scenes"], v["size"], v["steps"])
     session = build_session(patcher, dataset, train, cfg.files(), init_checkpoint=init, resume_state=resume_state,
                             ctx=ctx, validation=validation)
-    if session.log is not None and session.log.repair_note:
-        print(session.log.repair_note, flush=True)
+    if session.log is not None:
+        for note in [session.log.repair_note] + session.trainer.notes:
+            if note:
+                print(note, flush=True)
     return session

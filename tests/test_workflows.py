@@ -45,7 +45,8 @@ WIDGETS = {
     "LumiXTrainer": ["output_name", "steps", "rank", "optimizer", "learning_rate", "batch_size", "grad_accumulation",
                      "warmup_steps", "max_grad_norm", "timestep_sampling", "guidance", "held_map_probability",
                      "caption_dropout", "gradient_checkpointing", "seed", "save_every", "init_from", "resume",
-                     "validate_every", "validation_scenes", "validation_size", "validation_steps", "alpha"],
+                     "validate_every", "validation_scenes", "validation_size", "validation_steps", "alpha",
+                     "lr_schedule", "lr_min_ratio", "ema_decay", "keep_last", "keep_best", "best_metric", "prefetch"],
 }
 TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its stored pos
 
