@@ -64,6 +64,20 @@ def extension_module():
 
 
 
+def run_dataset_node(input_root, folder, vae, clip, resolution=32, flip=False, cache_folder=""):
+    """The LumiX Training Dataset node on <input_root>/<folder>, with input_root as ComfyUI's input folder
+    for the call (the node reads only there) and inference mode on, as ComfyUI runs nodes."""
+    import torch
+    node = load_extension()["LumiXTrainingDataset"]
+    before = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(input_root))
+    try:
+        with torch.inference_mode():
+            return node.execute(folder, vae, clip, resolution, flip, cache_folder)
+    finally:
+        folder_paths.set_input_directory(before)
+
+
 def tiny_lumix_checkpoint(folder, name):
     """A tiny checkpoint in the released layout for the tiny FLUX, in a folder registered as 'lumix'."""
     from safetensors.torch import save_file

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from comfy_host import (TinyCLIP, TinyVAE, extension_module, folder_paths, load_extension, model_inputs, run_model,
+from comfy_host import (run_dataset_node, TinyCLIP, TinyVAE, extension_module, load_extension, model_inputs, run_model,
                         tiny_flux, lumix_dir)  # noqa: F401  (lumix_dir: a fixture; first: skips without ComfyUI)
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
@@ -18,7 +18,7 @@ from lumix_core.training.objective import TrainingExample
 from training_fixtures import make_scene_folder
 
 NODES = load_extension()
-Dataset, Trainer, Loader = NODES["LumiXTrainingDataset"], NODES["LumiXTrainer"], NODES["LumiXTensorLoRALoader"]
+Trainer, Loader = NODES["LumiXTrainer"], NODES["LumiXTensorLoRALoader"]
 tm = importlib.import_module(extension_module().__name__ + ".nodes.training_model")
 
 
@@ -37,13 +37,7 @@ def dataset(tmp_path_factory):
     for i in range(3):
         make_scene_folder(root, f"scene_{i}", seed=i, prompt=f"room {i}", width=48, height=32)
     make_scene_folder(root, "scene_bad", seed=9, prompt=None)
-    before = folder_paths.get_input_directory()
-    folder_paths.set_input_directory(str(inputs))
-    try:
-        with torch.inference_mode():  # as ComfyUI runs nodes
-            out = Dataset.execute("scenes", TinyVAE(0), TinyCLIP(), 32, False, "")
-    finally:
-        folder_paths.set_input_directory(before)
+    out = run_dataset_node(inputs, "scenes", TinyVAE(0), TinyCLIP())
     return out.result[0], out.result[1]
 
 

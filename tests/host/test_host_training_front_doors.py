@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_host import folder_paths, load_extension, lumix_dir  # noqa: F401  (skips without ComfyUI)
+from comfy_host import run_dataset_node, load_extension, lumix_dir  # noqa: F401  (skips without ComfyUI)
 from distributed_fixture import (FLUX_CONFIG, FileBackedCLIP, FileBackedVAE, build_shared, cli_cache_identity,
                                  run_trainer, write_config, write_encoder_files)
 from lumix_comfy_models import load_flux
@@ -18,7 +18,7 @@ from lumix_comfy_models import load_flux
 from lumix_core import load_checkpoint
 
 NODES = load_extension()
-DatasetNode, TrainerNode = NODES["LumiXTrainingDataset"], NODES["LumiXTrainer"]
+TrainerNode = NODES["LumiXTrainer"]
 # what the test config file sets (write_config), plus one setting each front door once chose for itself
 SETTINGS = dict(steps=4, batch_size=2, optimizer="adamw", learning_rate=1e-4, save_every=2, log_every=1, seed=3,
                 max_grad_norm=0.0, rank=3, alpha=2.0)
@@ -36,14 +36,7 @@ def node_dataset(shared, folder="data"):
     """The LumiX Training Dataset node over <shared>/<folder>, given encoders that hold the config's files."""
     model = shared["model"]
     vae, clip = FileBackedVAE(model["vae"]), FileBackedCLIP(model["clip_l"], model["t5xxl"])
-    root = Path(shared["data"]["root"]).parent
-    before = folder_paths.get_input_directory()
-    folder_paths.set_input_directory(str(root))
-    try:
-        with torch.inference_mode():  # as ComfyUI runs nodes
-            data = DatasetNode.execute(folder, vae, clip, shared["resolution"], False, "").result[0]
-    finally:
-        folder_paths.set_input_directory(before)
+    data = run_dataset_node(Path(shared["data"]["root"]).parent, folder, vae, clip, shared["resolution"]).result[0]
     return data, vae.encode_calls + clip.encode_calls
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from comfy_host import (DOUBLE, HIDDEN, SINGLE, TinyCLIP, TinyVAE, extension_module, folder_paths, load_extension,
+from comfy_host import (run_dataset_node, DOUBLE, HIDDEN, SINGLE, TinyCLIP, TinyVAE, extension_module, load_extension,
                         lumix_dir, model_inputs, run_model, tiny_flux)  # noqa: F401  (lumix_dir: a fixture; first: skips without ComfyUI)
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
@@ -14,7 +14,7 @@ import comfy.utils  # noqa: E402
 from training_fixtures import make_scene_folder
 
 NODES = load_extension()
-Dataset, Trainer = NODES["LumiXTrainingDataset"], NODES["LumiXTrainer"]
+Trainer = NODES["LumiXTrainer"]
 tm = importlib.import_module(extension_module().__name__ + ".nodes.training_model")
 patch_module = importlib.import_module(extension_module().__name__ + ".nodes.patch")
 M, RANK = 5, 2
@@ -29,13 +29,7 @@ def data(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("input")
     for i in range(2):
         make_scene_folder(inputs / "scenes", f"scene_{i}", seed=i, prompt=f"room {i}", width=32, height=32)
-    before = folder_paths.get_input_directory()
-    folder_paths.set_input_directory(str(inputs))
-    try:
-        with torch.inference_mode():
-            return Dataset.execute("scenes", TinyVAE(0), TinyCLIP(), 32, False, "").result[0]
-    finally:
-        folder_paths.set_input_directory(before)
+    return run_dataset_node(inputs, "scenes", TinyVAE(0), TinyCLIP()).result[0]
 
 
 def comfy_loaded_flux(seed=0, dtype=torch.float32):

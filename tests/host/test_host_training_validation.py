@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfy_host import (TinyCLIP, TinyVAE, extension_module, folder_paths, load_extension,
+from comfy_host import (run_dataset_node, TinyCLIP, TinyVAE, extension_module, load_extension,
                         tiny_flux)  # first: skips this module where there is no ComfyUI
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
@@ -21,7 +21,7 @@ from lumix_core.training.validation import GRID_GAP, LABEL_HEIGHT, consistency_s
 from training_fixtures import make_scene_folder  # noqa: E402
 
 NODES = load_extension()
-Dataset, Sampler = NODES["LumiXTrainingDataset"], NODES["LumiXSampler"]
+Sampler = NODES["LumiXSampler"]
 package = extension_module().__name__
 tm = importlib.import_module(package + ".nodes.training_model")
 tv = importlib.import_module(package + ".nodes.training_validation")
@@ -33,13 +33,7 @@ def dataset(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("input")
     for i in range(3):
         make_scene_folder(inputs / "scenes", f"scene_{i}", seed=i, prompt=f"room {i}", width=32, height=32)
-    before = folder_paths.get_input_directory()
-    folder_paths.set_input_directory(str(inputs))
-    try:
-        with torch.inference_mode():  # as ComfyUI runs nodes
-            return Dataset.execute("scenes", TinyVAE(0), TinyCLIP(), 32, False, "").result[0]
-    finally:
-        folder_paths.set_input_directory(before)
+    return run_dataset_node(inputs, "scenes", TinyVAE(0), TinyCLIP()).result[0]
 
 
 @pytest.fixture(scope="module")
