@@ -96,7 +96,18 @@ def write_inputs(comfyui: Path):
             make_scene_folder(str(dataset), f"scene_{k}", seed=k, prompt=f"a tiny room {k}", width=64, height=64)
 
 
+def skip_first_run_dialog(comfyui: Path):
+    """A fresh ComfyUI opens its template browser over the canvas on a user's first visit (frontend 1.35);
+    mark the tutorial done, as the frontend does once it was shown, so the screenshots show the graph."""
+    path = comfyui / "user" / "default" / "comfy.settings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(path.read_text()) if path.is_file() else {}
+    settings["Comfy.TutorialCompleted"] = True
+    path.write_text(json.dumps(settings, indent=4))
+
+
 def main(comfyui: Path, out: Path):
+    skip_first_run_dialog(comfyui)
     custom = comfyui / "custom_nodes"
     custom.mkdir(exist_ok=True)
     link(REPO, custom / "comfyui-lumix")
