@@ -295,9 +295,11 @@ class LumiXTrainer(io.ComfyNode):
                 warn_user(node_id, _cancel_message(name, trainer.interrupted, trainer.step, config.steps))
                 comfy.model_management.throw_exception_if_processing_interrupted()  # (TrainingStopped)
                 raise
-            except (FloatingPointError, OSError) as exc:  # diverged, or a file that could not be written
-                raise ValueError(f"LumiX Trainer: {exc}. Checkpoints already written are intact; queue again "
-                                 "with resume on to continue from the last saved state.") from None
+            except (FloatingPointError, OSError, ValueError) as exc:
+                # diverged, a file that could not be written, a bad cache file, validation refusing a sample
+                saved = f" (its state at step {trainer.saved_state_step})" if trainer.saved_state_step else ""
+                raise ValueError(f"LumiX Trainer: {exc}. Checkpoints already written are intact{saved}; queue "
+                                 "again with resume on to continue from the last saved state.") from None
             finally:
                 log.close()  # also on errors: a long-lived server must not keep the log's files open
             plot = log.plot()

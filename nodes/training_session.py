@@ -20,8 +20,7 @@ from ..lumix_core.training.resume import check_training_state
 from .flux_model import block_counts, flux_diffusion_model
 from .training_validation import Validation, make_validation
 from .training_model import (
-    compute_dtype, frozen_base, load_for_training, make_denoiser, new_adapters, prepare_base_for_autograd,
-    training_model,
+    compute_dtype, frozen_base, load_for_training, make_denoiser, new_adapters, training_model,
 )
 
 
@@ -121,8 +120,7 @@ def build_session(model, dataset, config: TrainConfig, files: RunFiles, *, init_
     adapters = start_adapters(model, config, dataset.num_maps, init_checkpoint=init_checkpoint,
                               resume_state=resume_state, device=device, state_source=state_source)
     patched = training_model(model, adapters, config.gradient_checkpointing)
-    load_for_training(patched)
-    prepare_base_for_autograd(patched)
+    load_for_training(patched)  # (the base is made trainable inside session.frozen_base(), and restored after it)
     data = dataset.with_latent_transform(patched.model.process_latent_in)
     validate = None
     if config.validate_every and validation is not None and is_main:  # other ranks wait in the next all-reduce

@@ -14,7 +14,8 @@ config on one process or many (torchrun, torch.distributed: DDP over the adapter
 ComfyUI is used as a library (COMFYUI_PATH, or the ComfyUI this checkout sits in) to load FLUX, the
 text encoders and the VAE. Rank 0 alone writes checkpoints, the training state, the log and the
 validation output, and prints progress. Exit status: 0 done, 2 bad config, data or resume, or a diverged
-run, 3 a peer failed, 130 Ctrl-C (the last finished step's state is saved first: continue with --resume).
+run, 3 a peer failed, 130 Ctrl-C (the step in progress finishes and its state is saved: continue with
+--resume; a second Ctrl-C stops at once, saving the last finished step's state).
 """
 from __future__ import annotations
 
@@ -157,8 +158,32 @@ def handle_termination(ctx: D.DistContext) -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+class CtrlC:
+    """The first Ctrl-C asks the run to stop after the step in progress (all ranks agree at the next step,
+    so they stop together), which saves that step's state: nothing is cut in half. A second Ctrl-C
+    stops at once (the state of the last finished step is saved then)."""
+
+    def __init__(self, ctx: D.DistContext):
+        self.ctx, self.requested = ctx, False
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"lumix_train: rank {self.ctx.rank}: Ctrl-C: stopping after the step in progress and saving its state "
+              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def should_stop(self) -> bool:
+        return D.any_rank(self.ctx, self.requested)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
 def train(cfg: RunConfig, ctx: D.DistContext, resume: str | None) -> None:
-    from lumix_extension.lumix_core.training import read_training_state
+    from lumix_extension.lumix_core.training import TrainingStopped, read_training_state
     from lumix_training_run import build_run  # imports ComfyUI
 
     # rank 0 reads the state and sends it: the other ranks (other machines) need not see its file
@@ -185,18 +210,20 @@ def train(cfg: RunConfig, ctx: D.DistContext, resume: str | None) -> None:
         if die is not None:
             die(metrics)
 
+    ctrl_c = CtrlC(ctx)
     try:
         with run.frozen_base(), D.collective_guard(ctx, "training"):
-            # Ctrl-C: the state of the last finished step is saved (rank 0) before the interrupt goes on
-            trainer.run(on_step=on_step, interrupts=(KeyboardInterrupt,))
+            # Ctrl-C: the state of the last finished step is saved (rank 0) before the run stops
+            trainer.run(on_step=on_step, should_stop=ctrl_c.should_stop, interrupts=(KeyboardInterrupt,))
         D.barrier(ctx, "the end of training")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TrainingStopped):
         saved = trainer.interrupted
         if saved is not None and saved.state_path is not None:
             log(ctx, f"stopped by Ctrl-C after step {saved.step} of {cfg.train.steps}: saved the resumable state "
                      f"{saved.state_path}; rerun the same command with --resume to continue from there")
-        raise
+        raise KeyboardInterrupt from None
     finally:
+        ctrl_c.restore()
         run.close()
     log(ctx, f"done: {trainer.checkpoint_path(final=True)}")
     run.release()  # the DDP wrapper goes before the process group does (see D.shutdown)

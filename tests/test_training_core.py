@@ -329,7 +329,8 @@ def test_an_interrupt_raised_anywhere_saves_the_last_finished_step_and_goes_on(t
     assert all(p.grad is None for p in adapters.parameters())  # no half-accumulated gradient survives
     # save_every 0: the state alone, and the best checkpoint (keep_best; steps 1 and 2 were validated)
     assert sorted(os.listdir(tmp_path)) == ["run.state.pt", "run_best.safetensors"]
-    # an exception that is not an interrupt saves nothing new
+    # an exception that is not an interrupt, before any step finished, saves nothing (see test_training_options
+    # for one after a finished step)
     model, adapters, config = setup(steps=6, save_every=0)
     other = Trainer(lambda *a: (_ for _ in ()).throw(KeyError("bug")), adapters, MemoryScenes(4), config,
                     output_dir=str(tmp_path / "other"), name="run")

@@ -463,3 +463,53 @@ def test_the_prefetcher_reads_at_most_depth_items_ahead_and_hands_errors_over():
             p.take(1)
     with pytest.raises(ValueError, match="at least 1"):
         Prefetcher(lambda k: k, range(3), depth=0)
+
+
+def test_a_run_saved_before_keep_last_keeps_its_checkpoints_and_says_so(tmp_path):
+    from lumix_core.training import TrainConfig, Trainer
+    model, adapters, config = setup(steps=8, save_every=1, keep_last=0)
+    first = Trainer(model, adapters, MemoryScenes(4), config, output_dir=str(tmp_path), name="old")
+    first.run(until=4)
+    state = first.state_dict()
+    del state["config"]["keep_last"], state["prune_after"]  # as a state of the version before keep_last
+    model2, adapters2, _ = setup(steps=8, save_every=1, keep_last=2)
+    resumed = Trainer(model2, adapters2, MemoryScenes(4), config.replace(keep_last=2, learning_rate=config.learning_rate * 2),
+                      output_dir=str(tmp_path), name="old")
+    resumed.load_state_dict(state)
+    assert any("saved before keep_last existed" in n for n in resumed.notes)
+    assert any("learning_rate" in n and "schedule differs" in n for n in resumed.notes)
+    resumed.run(until=7)
+    kept = sorted(f for f in os.listdir(tmp_path) if f.startswith("old_step"))
+    assert kept == [f"old_step{s:06d}.safetensors" for s in (1, 2, 3, 4, 6, 7)]  # 1-4 from before, newest 2 after
+    again = resumed.state_dict()
+    assert again["prune_after"] == 4  # and a later resume keeps them too
+    model3, adapters3, _ = setup(steps=8, save_every=1, keep_last=2)
+    third = Trainer(model3, adapters3, MemoryScenes(4), config.replace(keep_last=2, learning_rate=config.learning_rate * 2),
+                    output_dir=str(tmp_path), name="old")
+    third.load_state_dict(again)
+    third.run(until=8)  # step 8 is the last: the final checkpoint, no step file
+    assert sorted(f for f in os.listdir(tmp_path) if f.startswith("old_step")) == kept
+
+
+@pytest.mark.parametrize("name", ["run_ema", "run_best", "run_step000005", "x_step1"])
+def test_names_that_a_run_s_extra_files_take_are_refused(name):
+    from lumix_core.training.files import check_output_name
+    with pytest.raises(ValueError, match="ends like the extra files a run writes"):
+        check_output_name(name)
+    assert check_output_name(name + "s") == name + "s" and check_output_name("best_run") == "best_run"
+
+
+def test_a_failure_after_a_finished_step_keeps_that_step_s_state(tmp_path):
+    from lumix_core.training import Trainer, read_training_state
+    model, adapters, config = setup(steps=6, save_every=0, validate_every=2)
+
+    def refuse(step):
+        if step == 4:
+            raise ValueError("the sampled maps hold NaN")
+        return {"photometric_residual": 0.5}
+    trainer = Trainer(model, adapters, MemoryScenes(4), config, output_dir=str(tmp_path), name="f", validate=refuse)
+    with pytest.raises(ValueError, match="hold NaN"):
+        trainer.run()
+    state = read_training_state(str(tmp_path / "f.state.pt"))
+    assert state["step"] == 4 and trainer.saved_state_step == 4
+    assert all(torch.equal(v, adapters.state_dict()[k].cpu()) for k, v in state["adapters"].items())

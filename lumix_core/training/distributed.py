@@ -289,3 +289,14 @@ def all_ranks_memory(ctx: DistContext) -> list[int]:
     with collective_guard(ctx, "gathering memory use"):
         dist.all_gather(out, t)
     return [int(x.item()) for x in out]
+
+
+def any_rank(ctx: DistContext, flag: bool) -> bool:
+    """Whether `flag` holds on any rank (every rank calls it at the same point; all get the same answer)."""
+    if not ctx.distributed:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=ctx.device)
+    with collective_guard(ctx, "agreeing whether to stop"):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+

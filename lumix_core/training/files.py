@@ -39,6 +39,11 @@ def temporary_name(final_name: str) -> str:
     return f".{final_name}.{'x' * 8}.part"
 
 
+# A run `x` writes x_ema, x_best and x_step000123 beside x: no run may be named so (its files would be
+# taken for, pruned or overwritten as x's own).
+RESERVED_ENDING = re.compile(r"_(?:ema|best|step\d+)$")
+
+
 def check_output_name(name) -> str:
     """A run's output name: a plain, visible file name stem. Returns it; ValueError says what is wrong."""
     if not isinstance(name, str) or not name.strip():
@@ -54,6 +59,10 @@ def check_output_name(name) -> str:
         raise ValueError(f"the output name {name!r} starts with '.': its files would be hidden; drop the dot")
     if name != name.strip():
         raise ValueError(f"the output name {name!r} starts or ends with spaces: remove them")
+    if RESERVED_ENDING.search(name):
+        raise ValueError(f"the output name {name!r} ends like the extra files a run writes beside its checkpoint "
+                         "(_ema, _best, _step<number>), so another run's files would take its names: choose a name "
+                         "without that ending")
     return name
 
 
@@ -194,13 +203,14 @@ class RunFiles:
                 out.setdefault(found[0], []).append(path)
         return {step: sorted(paths, key=lambda p: p.endswith("_ema.safetensors")) for step, paths in out.items()}
 
-    def prune_step_checkpoints(self, keep: int, up_to: int) -> list[str]:
-        """Delete this run's step checkpoints (with their EMA twins) of steps <= `up_to` except the
-        newest `keep` of them; keep = 0 keeps all. Later steps (an abandoned branch of a resumed run),
-        the final and best checkpoints and the state are never touched. Returns what was removed."""
+    def prune_step_checkpoints(self, keep: int, up_to: int, after: int = 0) -> list[str]:
+        """Delete this run's step checkpoints (with their EMA twins) of steps in (`after`, `up_to`] except
+        the newest `keep` of them; keep = 0 keeps all. Later steps (an abandoned branch of a resumed run),
+        steps up to `after` (written before the run chose to prune), the final and best checkpoints and the
+        state are never touched. Returns what was removed."""
         if keep <= 0:
             return []
-        steps = sorted(s for s in self.step_checkpoints().items() if s[0] <= up_to)
+        steps = sorted(s for s in self.step_checkpoints().items() if after < s[0] <= up_to)
         removed = []
         for _, paths in steps[:-keep]:
             for path in paths:

@@ -113,6 +113,7 @@ class Trainer:
         self.best: Optional[dict] = None  # {"metric", "value", "step"} of <name>_best.safetensors
         self.notes: list[str] = []
         self._prefetcher: Optional[Prefetcher] = None  # set while run() prepares data ahead
+        self.prune_after = 0  # step checkpoints up to this step are never pruned (a run from before keep_last)
 
     # -- one optimisation step, in two halves ------------------------------------------------------
     def examples_for(self, step: int, assignments) -> tuple[list[TrainingExample], list[torch.Generator]]:
@@ -238,6 +239,20 @@ class Trainer:
             path = self.save_state() if self.saved_state_step != self.step else self.state_path()
             self.interrupted = Interrupted(self.step, path if self.is_main else None, where)
             raise
+        except TrainingStopped:
+            raise
+        except Exception:
+            # any other failure (a bad cache file, validation refusing a NaN sample, a diverged step): the last
+            # finished step is consistent, so its state is kept for a resume, then the error goes on
+            self.optimizer.zero_grad(set_to_none=True)
+            if pending is not None:
+                self._log(pending, force=True)
+            if self.step > 0 and self.saved_state_step != self.step:  # (nothing to keep before the first step)
+                try:
+                    self.save_state()
+                except Exception:  # e.g. the same full disk: the original error says more
+                    pass
+            raise
         final = self.checkpoint_path(final=True)
         if self.step == cfg.steps and self.is_main and final is not None and not all(
                 os.path.exists(p) for p in (final, self.ema_path(final)) if p is not None):
@@ -314,7 +329,7 @@ class Trainer:
                 write_lora_checkpoint(self.ema_path(path), self.adapters, self.config, self.step,
                                       {"weights": "ema", **self._ema_metadata()})
         if not final and self.files is not None:
-            self.files.prune_step_checkpoints(self.config.keep_last, self.step)
+            self.files.prune_step_checkpoints(self.config.keep_last, self.step, after=self.prune_after)
         return path
 
     def save_state(self) -> Optional[str]:
@@ -337,6 +352,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "config": self.config.to_dict(),
                 "data": {"num_scenes": len(self.data), "next_step": self.step}, "rng": rng,
                 "ema": self.ema.state_dict() if self.ema is not None else None, "best": self.best,
+                "prune_after": self.prune_after,
                 "shape": {"num_maps": self.adapters.num_maps, "rank": self.adapters.rank,
                           "hidden_size": self.adapters.hidden_size, "alpha": self.adapters.alpha}}
 
@@ -362,9 +378,26 @@ class Trainer:
         self.step = int(state["step"])
         self.saved_state_step = self.step
         self._load_ema_and_best(state)
+        kept = state.get("prune_after", 0)
+        self.prune_after = kept if isinstance(kept, int) and not isinstance(kept, bool) and 0 <= kept <= self.step else 0
+        self._note_changed_settings(state["config"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _note_changed_settings(self, saved: dict) -> None:
+        """What the user changed since the state was saved that shapes the rest of the run: said, not refused."""
+        if self.is_main and "keep_last" not in saved and self.config.keep_last:
+            # a run from before keep_last existed: the checkpoints it wrote were never meant to be pruned
+            self.prune_after = self.step
+            self.notes.append(f"this run was saved before keep_last existed: its step checkpoints up to step "
+                              f"{self.step} are all kept; later ones follow keep_last = {self.config.keep_last}")
+        schedule = ("steps", "learning_rate", "warmup_steps", "lr_schedule", "lr_min_ratio")
+        changed = [f"{k} {saved[k]!r} -> {getattr(self.config, k)!r}" for k in schedule
+                   if k in saved and saved[k] != getattr(self.config, k)]
+        if changed and self.is_main:
+            self.notes.append("the learning-rate schedule differs from the saved run's (" + ", ".join(changed) +
+                              "): the remaining steps follow the new one")
 
     def _load_ema_and_best(self, state: dict) -> None:
         cfg, saved_ema, best = self.config, state.get("ema"), state.get("best")

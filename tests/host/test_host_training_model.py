@@ -113,6 +113,22 @@ def test_a_cancelled_or_failing_run_also_leaves_the_base_as_found(data, lumix_di
     assert_as_found(model, before)
 
 
+def test_a_run_refused_while_it_is_set_up_leaves_the_base_as_found(data, lumix_dir):
+    train(comfy_loaded_flux(), data, "setup_refused", steps=1)
+    model = comfy_loaded_flux()
+    before = snapshot(model)
+    # the saved state's seed differs: refused after the model was patched and loaded, before training
+    with pytest.raises(ValueError, match="changed data settings"):
+        train(model, data, "setup_refused", steps=2, seed=SETTINGS["seed"] + 1, resume=True)
+    assert_as_found(model, before)
+    # validation refusing its settings (an API prompt may send any size) is refused as early
+    with pytest.raises(ValueError, match=r"multiples of 16 \(got 100x100\)"):
+        with torch.inference_mode():
+            Trainer.execute(model, data, "setup_refused_2", **{**SETTINGS, "validate_every": 1}, vae=TinyVAE(0),
+                            validation_size=100)
+    assert_as_found(model, before)
+
+
 def qkv_lora(seed):
     """A core-format LoRA on one FLUX projection, as comfy.sd.load_lora_for_models takes it."""
     g = torch.Generator().manual_seed(seed)
