@@ -18,17 +18,30 @@ def _tensors(obj) -> dict:
     return {k: v for k, v in vars(obj).items() if isinstance(v, torch.Tensor)}
 
 
-def encoders_identity(vae, clip) -> str:
-    """vae=<fingerprint>;clip_l=...;t5xxl=...: the VAE's model, and each text encoder of the CLIP
-    (FLUX: clip_l and t5xxl, the names the CLI's files have) on its own."""
-    parts = [("vae", fingerprint_tensors(_tensors(getattr(vae, "first_stage_model", None) or vae)))]
+def _unpatched(clip, child_name: str, tensors: dict) -> dict:
+    """A text encoder's weights as loaded: where ComfyUI left a LoRA's patch in a weight (its originals are in
+    the patcher's backup until unpatched), the original; the patches themselves key the text separately."""
+    backup = getattr(getattr(clip, "patcher", None), "backup", None) or {}
+    out = {}
+    for name, t in tensors.items():
+        saved = backup.get(f"{child_name}.{name}")
+        original = getattr(saved, "weight", None) if saved is not None else None
+        out[name] = original if isinstance(original, torch.Tensor) else t
+    return out
+
+
+def encoders_identity(vae, clip) -> tuple[str, str]:
+    """(latent encoder id, text encoder id): vae=<fingerprint>, and clip_l=...;t5xxl=... for each text
+    encoder of the CLIP on its own (FLUX: clip_l and t5xxl, the names the CLI's files have)."""
+    image = encoder_id([("vae", fingerprint_tensors(_tensors(getattr(vae, "first_stage_model", None) or vae)))])
     text_model = getattr(clip, "cond_stage_model", None)
     children = dict(text_model.named_children()) if isinstance(text_model, torch.nn.Module) else {}
     if children:
-        parts += [(name, fingerprint_tensors(child.state_dict())) for name, child in children.items()]
+        parts = [(name, fingerprint_tensors(_unpatched(clip, name, child.state_dict())))
+                 for name, child in children.items()]
     else:
-        parts.append(("clip", fingerprint_tensors(_tensors(text_model if text_model is not None else clip))))
-    return encoder_id(parts)
+        parts = [("clip", fingerprint_tensors(_tensors(text_model if text_model is not None else clip)))]
+    return image, encoder_id(parts)
 
 
 def _first_tensor(value, depth=0):

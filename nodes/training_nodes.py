@@ -97,8 +97,9 @@ class LumiXTrainingDataset(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(len(scan.scenes))
         try:
             with torch.inference_mode(False):
+                image_id, text_id = encoders_identity(vae, clip)
                 dataset = encode_dataset(scan, vae.encode, text_encoder(clip), cache, resolution, flip,
-                                         encoder_id=encoders_identity(vae, clip),
+                                         encoder_id=image_id, text_encoder_id=text_id,
                                          progress=lambda done, total: pbar.update_absolute(done, total),
                                          text_identity=caption_identity(clip), cache_label=cache_label)
         except ValueError as exc:  # no decodable scene, an encoder that returns NaN or the wrong shape
@@ -305,6 +306,9 @@ class LumiXTrainer(io.ComfyNode):
             plot = log.plot()
             trained = trained_model(model, session.adapters, f"{name}.safetensors")
         last = log.records[-1] if log.records else {}
+        if config.ema_decay:
+            trainer.notes.append(f"the MODEL output holds the raw trained weights; their EMA is {name}_ema.safetensors "
+                                 "(pick it in the LumiX Tensor LoRA Loader to sample with it)")
         report = (f"LumiX Trainer: {trainer.step} steps on {dataset.summary}\n"
                   f"checkpoint: {final_path}\nlogs, step checkpoints, state: {work_dir}\n"
                   f"last loss: {last.get('loss', float('nan')):.5f}")

@@ -6,6 +6,8 @@ Imports ComfyUI: call after lumix_comfy_models.import_comfyui.
 """
 from __future__ import annotations
 
+import errno
+
 import torch
 
 import lumix_comfy_models as comfy_models
@@ -44,21 +46,28 @@ ENCODER_FILES = (("vae", "vae"), ("clip_l", "text_encoders"), ("t5xxl", "text_en
 
 
 def cache_identity(cfg: RunConfig):
-    """(encoder_id, text_identity) for the dataset cache, as the LumiX Training Dataset node keys it, from
-    the encoder files (a few sampled rows each) and FLUX's tokenizer, without loading any encoder."""
+    """(latent encoder id, text encoder id, text_identity) for the dataset cache, as the LumiX Training
+    Dataset node keys it, from the encoder files (a few sampled rows each) and FLUX's tokenizer, without
+    loading any encoder."""
     parts = []
     for key, folder in ENCODER_FILES:
         path = comfy_models.model_path(folder, cfg.model[key], key)
         try:
             parts.append((key, fingerprint_file(path)))
-        except Exception as exc:  # SafetensorError, OSError: not a readable safetensors file
-            raise ValueError(f"[model] {key} = {path}: cannot read it as a safetensors file to key the dataset cache "
-                             f"({type(exc).__name__}); give the encoder's .safetensors file") from None
+        except OSError as exc:
+            raise ValueError(f"[model] {key} = {path}: cannot read it to key the dataset cache "
+                             f"({exc.strerror or type(exc).__name__})") from None
     tokenizer = comfy_models.flux_tokenizer()
 
     def identity(caption: str) -> str:  # the tokens the loaded CLIP makes with REFERENCE_TOKENIZER set
         return text_identity(tokenizer.tokenize_with_weights(caption, False, tokenizer_options=dict(REFERENCE_TOKENIZER)))
-    return encoder_id(parts), identity
+    return encoder_id(parts[:1]), encoder_id(parts[1:]), identity
+
+
+def _unwritable_cache(cfg: RunConfig, exc: OSError) -> str:
+    return (f"the dataset cache {cfg.cache_dir} cannot be written ({exc.strerror}): the dataset folder may be read-only "
+            "or shared; set [data] cache_dir to a folder you can write (the node's cache sits in the dataset folder "
+            "by default, so either finds the other's entries only there)")
 
 
 def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None):
@@ -69,13 +78,21 @@ def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None):
     scan = scan_dataset(cfg.data["root"])
     encoders = LazyEncoders(cfg)
 
-    encoders_id, identity = cache_identity(cfg)
+    image_id, text_id, identity = cache_identity(cfg)
 
     def encode():
         return encode_dataset(scan, encoders.encode_images, encoders.encode_text, str(cfg.cache_dir),
-                              train.resolution, train.flip, encoder_id=encoders_id, text_identity=identity)
+                              train.resolution, train.flip, encoder_id=image_id, text_encoder_id=text_id,
+                              text_identity=identity)
 
-    dataset = D.in_turns(ctx, encode, "encoding the dataset into the cache")
+    try:
+        dataset = D.in_turns(ctx, encode, "encoding the dataset into the cache")
+    except PermissionError as exc:  # (EACCES; a read-only mount is EROFS, below)
+        raise ValueError(_unwritable_cache(cfg, exc)) from None
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        raise ValueError(_unwritable_cache(cfg, exc)) from None
     encoders.release()
     if ctx.is_main:
         print(f"dataset: {dataset.summary}", flush=True)

@@ -238,14 +238,17 @@ def encode_dataset(scan: DatasetScan, encode_images: ImageEncoder, encode_text: 
                    resolution: int = 512, flip: bool = False, encoder_id: str = "",
                    progress: Optional[Callable[[int, int], None]] = None,
                    text_identity: Optional[Callable[[str], str]] = None,
-                   cache_label: str | None = None) -> EncodedDataset:
+                   cache_label: str | None = None, text_encoder_id: Optional[str] = None) -> EncodedDataset:
     """Encode (or find in the cache) every scene of `scan`. A scene whose files cannot be decoded is
     skipped and counted; a cached file that does not fit is encoded again. `progress(done, total)` is
     called after each scene; `text_identity(caption)` adds what else changes a text embedding to its
-    key; `cache_label` names the cache folder in messages (default: its path)."""
+    key; `cache_label` names the cache folder in messages (default: its path). `encoder_id` keys the
+    latents (the VAE) and `text_encoder_id` the embeddings (default: encoder_id), so that another VAE
+    does not re-encode every caption."""
     if not scan.scenes:
         raise ValueError(f"no usable scene in {scan.label or scan.root}: nothing to encode")
     identity = text_identity or (lambda caption: "")
+    text_id = encoder_id if text_encoder_id is None else text_encoder_id
     label = cache_label or cache_dir
     num_maps = len(scan.scenes[0].maps)
     keys = ("latents", "flipped") if flip else ("latents",)
@@ -255,7 +258,7 @@ def encode_dataset(scan: DatasetScan, encode_images: ImageEncoder, encode_text: 
         lat_path = os.path.join(cache_dir, "latents",
                                 latent_key(list(scene.maps.values()), resolution, flip, encoder_id) + ".safetensors")
         txt_path = os.path.join(cache_dir, "text",
-                                text_key(scene.caption, encoder_id, identity(scene.caption)) + ".safetensors")
+                                text_key(scene.caption, text_id, identity(scene.caption)) + ".safetensors")
         plan.append((scene, (h // 8, w // 8), lat_path, _shapes(lat_path), txt_path, _shapes(txt_path)))
     # widths every file must share (files are keyed by the encoder, so one value): the most common among
     # the cached files that are otherwise fine, or the first fresh encoding's
@@ -292,7 +295,7 @@ def encode_dataset(scan: DatasetScan, encode_images: ImageEncoder, encode_text: 
     if not cached:  # before the empty caption is encoded: no text encoder loads for an unusable folder
         raise ValueError(f"no scene of {scan.label or scan.root} could be encoded: " +
                          "; ".join(f"{sid}: {why}" for sid, why in skipped[:5]))
-    empty_path = os.path.join(cache_dir, "text", text_key("", encoder_id, identity("")) + ".safetensors")
+    empty_path = os.path.join(cache_dir, "text", text_key("", text_id, identity("")) + ".safetensors")
     empty_shapes = _shapes(empty_path)
     if empty_shapes is None or _text_problem(empty_shapes, dims):
         context, pooled = encode_text("")

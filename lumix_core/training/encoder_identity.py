@@ -3,10 +3,11 @@ memory (the LumiX Training Dataset node: the VAE and CLIP it is given) and from 
 (the command-line trainer, before it loads anything): so that both front doors find each other's
 cache entries, and a different file under the same name never reuses old latents or embeddings.
 
-The fingerprint samples weights: of the 2-D and larger `.weight` tensors, named without the host's
-wrapper prefixes, the first and last few in name order, 16 values each at fixed positions, rounded
-to bfloat16 (so a float32, float16 or bfloat16 copy of the same file agrees) with their shapes.
-A file read this way costs a few rows per tensor, never the whole file.
+The fingerprint samples weights: every tensor of 2 or more dimensions (named without the host's
+wrapper prefixes; `.weight`s only where there are any), 4 values each at fixed positions, rounded to
+bfloat16 (so a float32, float16 or bfloat16 copy of the same file agrees), with names and shapes: a
+fine-tune of any layer changes it. A file is read a few rows per tensor, never whole. A file that is
+not safetensors is hashed whole (correct, slower, and the node cannot match it).
 """
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-SAMPLES = 16    # values read from each chosen tensor
-EDGE = 4        # tensors chosen from each end of the sorted names
+SAMPLES = 4     # values read from each tensor
 # wrappers a host puts around a file's own names (ComfyUI: VAE.first_stage_model, CLIP models' .transformer)
 WRAPPER_PREFIXES = ("first_stage_model.", "cond_stage_model.", "transformer.")
 # weights a host may create although a file lacks them (ComfyUI leaves CLIP-L's projection uninitialised)
 NOT_FROM_FILE = ("text_projection.weight",)
-FINGERPRINT_VERSION = "1"
+FINGERPRINT_VERSION = "2"  # 2: every tensor, 4 values each
 
 
 def canonical_name(name: str) -> str:
@@ -35,12 +35,11 @@ def canonical_name(name: str) -> str:
 
 
 def chosen(shapes: Mapping[str, tuple]) -> list[str]:
-    """The canonical names whose values make the fingerprint (any tensor of 2 or more dimensions
-    where there is no `.weight`)."""
+    """The canonical names whose values make the fingerprint: every `.weight` of 2 or more dimensions
+    (any tensor of 2 or more dimensions where there is no `.weight`), but those a host makes itself."""
     names = sorted(canonical_name(n) for n, s in shapes.items() if len(s) >= 2 and n.endswith(".weight"))
-    names = [n for n in names if n not in NOT_FROM_FILE] or sorted(canonical_name(n) for n, s in shapes.items()
-                                                                    if len(s) >= 2)
-    return sorted(set(names[:EDGE] + names[-EDGE:]))
+    names = [n for n in names if n not in NOT_FROM_FILE]
+    return names or sorted(canonical_name(n) for n, s in shapes.items() if len(s) >= 2)
 
 
 def sample_positions(numel: int) -> list[int]:
@@ -75,10 +74,18 @@ def fingerprint_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def fingerprint_file(path: str) -> str:
-    """A safetensors file, reading only the rows that hold the sampled values."""
+    """A safetensors file, reading only the rows that hold the sampled values; another file, hashed whole."""
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt", device="cpu") as f:
+    try:
+        handle = safe_open(path, framework="pt", device="cpu")
+    except Exception:  # not safetensors (.pt, .bin): the bytes themselves
+        h = hashlib.sha256(b"lumix-file/")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+        return "file-" + h.hexdigest()[:20]
+    with handle as f:
         shapes = {}
         for name in f.keys():
             piece = f.get_slice(name)

@@ -117,7 +117,7 @@ class FileBackedCLIP:
 
 
 def cli_cache_identity(model: dict):
-    """(encoder_id, text_identity) exactly as scripts/lumix_training_run.py computes them."""
+    """(latent encoder id, text encoder id, text_identity) exactly as scripts/lumix_training_run.py computes them."""
     import lumix_comfy_models
     lumix_comfy_models.import_extension()
     from lumix_training_run import cache_identity
@@ -142,9 +142,9 @@ def build_shared(folder: Path, scenes: int = 4, resolution: int = 32) -> dict:
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(caption))
         return cond[0][0][0], cond[0][1]["pooled_output"][0]
 
-    encoders_id, identity = cli_cache_identity(model)
+    image_id, text_id, identity = cli_cache_identity(model)
     encode_dataset(scan_dataset(str(data)), TinyVAE().encode, encode_text, str(data / CACHE_FOLDER), resolution, False,
-                   encoder_id=encoders_id, text_identity=identity)
+                   encoder_id=image_id, text_encoder_id=text_id, text_identity=identity)
     return {"model": model, "data": {"root": str(data)}, "resolution": resolution}
 
 
