@@ -87,10 +87,8 @@ def build_run(cfg: RunConfig, ctx: D.DistContext, resume_state: dict | None):
 
     try:
         dataset = D.in_turns(ctx, encode, "encoding the dataset into the cache")
-    except PermissionError as exc:  # (EACCES; a read-only mount is EROFS, below)
-        raise ValueError(_unwritable_cache(cfg, exc)) from None
     except OSError as exc:
-        if exc.errno != errno.EROFS:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):  # not permission: a full disk, a bad file
             raise
         raise ValueError(_unwritable_cache(cfg, exc)) from None
     encoders.release()

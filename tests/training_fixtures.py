@@ -132,3 +132,9 @@ def make_scene_folder(root, name, seed=0, prompt="a kitchen", width=40, height=3
         with open(os.path.join(folder, "lumix.json"), "w") as f:
             json.dump({"format": "lumix-maps", "generation": {"prompt": prompt}}, f)
     return folder
+
+
+def make_rooms(root, count, width=32, height=32):
+    """Scene folders scene_0 .. scene_<count-1> under root, each its own seed, captioned "room <i>"."""
+    for i in range(count):
+        make_scene_folder(root, f"scene_{i}", seed=i, prompt=f"room {i}", width=width, height=height)

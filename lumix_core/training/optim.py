@@ -50,10 +50,9 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     A run that is all warm-up (steps <= warmup_steps) never decays. A pure function of (step, config):
     a resumed run uses the same learning rates."""
     n, warm = step + 1, config.warmup_steps
-    if n <= warm:
-        return n / warm
-    if config.lr_schedule == "constant" or config.steps <= warm:
-        return 1.0
+    warming = warmup_factor(step, warm)
+    if warming < 1.0 or config.lr_schedule == "constant" or config.steps <= warm:
+        return warming
     p = min(1.0, (n - warm) / (config.steps - warm))
     m = config.lr_min_ratio
     return m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * p))

@@ -304,9 +304,10 @@ class Trainer:
         final checkpoint, <name>_step<N>_ema.safetensors beside a step checkpoint."""
         if self.ema is None:
             return None
-        if self.files is not None and checkpoint == self.files.step_checkpoint(self.step):
-            return self.files.step_ema(self.step)
-        return os.path.join(os.path.dirname(checkpoint), f"{self.name}_ema.safetensors")
+        if self.files is None:  # only a final_checkpoint path was given
+            return os.path.join(os.path.dirname(checkpoint), f"{self.name}_ema.safetensors")
+        return self.files.step_ema(self.step) if checkpoint == self.files.step_checkpoint(self.step) else \
+            self.files.final_ema
 
     def _ema_metadata(self) -> dict:
         if self.ema is None:

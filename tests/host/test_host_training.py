@@ -15,7 +15,7 @@ import comfy.utils  # noqa: E402
 from lumix_core import load_checkpoint
 from lumix_core.training import LumiXAdapters, TrainConfig, flow_matching_loss, make_flow_batch, read_training_state
 from lumix_core.training.objective import TrainingExample
-from training_fixtures import make_scene_folder
+from training_fixtures import make_rooms, make_scene_folder
 
 NODES = load_extension()
 Trainer, Loader = NODES["LumiXTrainer"], NODES["LumiXTensorLoRALoader"]
@@ -34,8 +34,7 @@ def comfy_loaded_flux(seed=0):
 def dataset(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("input")  # the node reads subfolders of ComfyUI's input folder only
     root = inputs / "scenes"
-    for i in range(3):
-        make_scene_folder(root, f"scene_{i}", seed=i, prompt=f"room {i}", width=48, height=32)
+    make_rooms(root, 3, width=48)
     make_scene_folder(root, "scene_bad", seed=9, prompt=None)
     out = run_dataset_node(inputs, "scenes", TinyVAE(0), TinyCLIP())
     return out.result[0], out.result[1]

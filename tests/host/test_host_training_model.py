@@ -11,7 +11,7 @@ from comfy_host import (run_dataset_node, DOUBLE, HIDDEN, SINGLE, TinyCLIP, Tiny
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.utils  # noqa: E402
-from training_fixtures import make_scene_folder
+from training_fixtures import make_rooms
 
 NODES = load_extension()
 Trainer = NODES["LumiXTrainer"]
@@ -27,8 +27,7 @@ SETTINGS = dict(steps=3, rank=RANK, optimizer="adamw", learning_rate=1e-2, batch
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("input")
-    for i in range(2):
-        make_scene_folder(inputs / "scenes", f"scene_{i}", seed=i, prompt=f"room {i}", width=32, height=32)
+    make_rooms(inputs / "scenes", 2)
     return run_dataset_node(inputs, "scenes", TinyVAE(0), TinyCLIP()).result[0]
 
 

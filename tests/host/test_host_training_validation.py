@@ -18,7 +18,7 @@ import comfy.utils  # noqa: E402
 from lumix_core import MAP_NAMES  # noqa: E402
 from lumix_core.training.logs import TrainingLog  # noqa: E402
 from lumix_core.training.validation import GRID_GAP, LABEL_HEIGHT, consistency_summary  # noqa: E402
-from training_fixtures import make_scene_folder  # noqa: E402
+from training_fixtures import make_rooms  # noqa: E402
 
 NODES = load_extension()
 Sampler = NODES["LumiXSampler"]
@@ -31,8 +31,7 @@ SIZE, STEPS, SCENES = 32, 3, 2
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("input")
-    for i in range(3):
-        make_scene_folder(inputs / "scenes", f"scene_{i}", seed=i, prompt=f"room {i}", width=32, height=32)
+    make_rooms(inputs / "scenes", 3)
     return run_dataset_node(inputs, "scenes", TinyVAE(0), TinyCLIP()).result[0]
 
 
